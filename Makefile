@@ -1,0 +1,23 @@
+# The two commands the README promises: `make demo` (main job) and `make test` (test suite).
+# Each creates .venv with every dependency when it is absent.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+
+.PHONY: demo test bench clean
+
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	$(BIN)/python -m pip install -q -e ".[test,dp]"
+	touch $(STAMP)
+
+demo: $(STAMP)
+	$(BIN)/gradguard demo
+
+test: $(STAMP)
+	$(BIN)/python -m pytest -q
+
+clean:
+	rm -rf $(VENV) runs .pytest_cache

@@ -1,0 +1,24 @@
+"""gradguard: protect federated-learning clients against gradient leakage attacks, and measure
+how well any defense does it.
+
+The public API, re-exported here:
+
+- data: :func:`load_dataset`, :class:`ImageDataset`, :func:`partition_iid`, :func:`partition_dirichlet`
+- models: :func:`build_model`, :func:`model_for`
+- gradients: :func:`batch_gradient`, :func:`per_sample_gradients`
+- metrics: :func:`psnr`, :func:`ssim`, :func:`score_reconstruction`, :func:`label_accuracy`
+"""
+
+from .data import ImageDataset, load_dataset, partition_dirichlet, partition_iid
+from .errors import ConfigError, DatasetFormatError, DatasetNotFoundError, GradguardError
+from .grads import batch_gradient, per_sample_gradients
+from .metrics import label_accuracy, psnr, score_reconstruction, ssim
+from .models import build_model, model_for
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "ConfigError", "DatasetFormatError", "DatasetNotFoundError", "GradguardError", "ImageDataset",
+    "batch_gradient", "build_model", "label_accuracy", "load_dataset", "model_for", "partition_dirichlet",
+    "partition_iid", "per_sample_gradients", "psnr", "score_reconstruction", "ssim",
+]

@@ -1,0 +1,29 @@
+"""Options shared by several commands, declared once."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+
+def add_data_options(p: argparse.ArgumentParser, default: str = "mnist-sample") -> None:
+    p.add_argument("--dataset", default=default, help="dataset name (see `gradguard datasets`) or npz:PATH")
+    add_data_root(p)
+    p.add_argument("--download", action="store_true", help="let torchvision download missing files (needs internet)")
+
+
+def add_data_root(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--data-root", type=Path, default=None,
+                   help="folder searched for dataset files (default ~/.cache/gradguard)")
+
+
+def add_model_option(p: argparse.ArgumentParser, default: str = "lenet") -> None:
+    p.add_argument("--model", default=default, help="model name: lenet, convnet or resnet18")
+
+
+def add_seed_option(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--seed", type=int, default=0, help="seed for data selection, partitions and initialisation")
+
+
+def add_out_option(p: argparse.ArgumentParser, default: str) -> None:
+    p.add_argument("--out", type=Path, default=Path(default), help="output folder")

@@ -1,0 +1,73 @@
+"""Gradients as ``list[Tensor]`` in ``model.parameters()`` order, and per-sample gradients.
+
+Per-sample gradients use torch.func (``functional_call`` + ``grad`` + ``vmap``): one
+vectorised pass instead of a Python loop over samples.
+"""
+
+from __future__ import annotations
+
+from typing import Callable, Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from torch.func import functional_call, grad, vmap
+
+Gradient = list[Tensor]
+LossFn = Callable[[Tensor, Tensor], Tensor]
+
+
+def named_params(model: nn.Module) -> dict[str, Tensor]:
+    """The model's trainable parameters by name, detached, in ``parameters()`` order."""
+    return {n: p.detach() for n, p in model.named_parameters() if p.requires_grad}
+
+
+def batch_gradient(model: nn.Module, x: Tensor, y: Tensor, loss_fn: LossFn = F.cross_entropy,
+                   *, create_graph: bool = False) -> Gradient:
+    """Gradient of the mean loss over the batch, one tensor per parameter.
+
+    ``create_graph=True`` keeps the graph so the gradient can itself be differentiated
+    (gradient matching attacks, sensitivity estimates).
+    """
+    params = [p for p in model.parameters() if p.requires_grad]
+    loss = loss_fn(model(x), y)
+    return list(torch.autograd.grad(loss, params, create_graph=create_graph))
+
+
+def per_sample_gradients(model: nn.Module, x: Tensor, y: Tensor, loss_fn: LossFn = F.cross_entropy) -> Gradient:
+    """Each sample's gradient: tensors of shape (batch, *param.shape), vectorised with vmap.
+
+    Buffers (e.g. BatchNorm statistics) are used as they are, not updated.
+    """
+    params = named_params(model)
+    buffers = {n: b.detach() for n, b in model.named_buffers()}
+
+    def sample_loss(p, xi, yi):
+        out = functional_call(model, (p, buffers), (xi.unsqueeze(0),))
+        return loss_fn(out, yi.unsqueeze(0))
+
+    grads = vmap(grad(sample_loss), in_dims=(None, 0, 0), randomness="different")(params, x, y)
+    return list(grads.values())
+
+
+def flatten(grads: Sequence[Tensor]) -> Tensor:
+    """Concatenate a gradient into one flat vector (the "P elements" of DESIGN.md)."""
+    return torch.cat([g.reshape(-1) for g in grads])
+
+
+def flatten_batched(grads: Sequence[Tensor]) -> Tensor:
+    """Concatenate per-sample gradients into a (batch, P) matrix."""
+    return torch.cat([g.reshape(g.shape[0], -1) for g in grads], dim=1)
+
+
+def unflatten(vector: Tensor, like: Sequence[Tensor]) -> Gradient:
+    """Split a flat vector back into tensors shaped like ``like``."""
+    sizes = [t.numel() for t in like]
+    if vector.numel() != sum(sizes):
+        raise ValueError(f"unflatten: vector has {vector.numel()} elements, the shapes need {sum(sizes)}")
+    return [chunk.view_as(t) for chunk, t in zip(vector.split(sizes), like)]
+
+
+def param_names(model: nn.Module) -> list[str]:
+    """Parameter names in the order gradients are listed."""
+    return [n for n, p in model.named_parameters() if p.requires_grad]

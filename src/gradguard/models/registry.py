@@ -1,0 +1,54 @@
+"""Models by name, built to fit a dataset's image shape, classes and statistics."""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import torch
+from torch import nn
+
+from ..errors import ConfigError
+from .lenet import ConvNet, LeNet
+from .resnet import ResNet18
+
+MODELS: dict[str, Callable[..., nn.Module]] = {
+    "lenet": LeNet,
+    "convnet": ConvNet,
+    "resnet18": ResNet18,
+}
+
+
+def build_model(name: str, image_shape: tuple[int, int, int], num_classes: int, *, mean=None, std=None,
+                **options) -> nn.Module:
+    """Build model ``name`` for images of ``image_shape`` (C, H, W); ``options`` go to its class
+    (``dlg_init`` for lenet, ``width`` for convnet)."""
+    if name not in MODELS:
+        raise ConfigError(f"model: unknown name {name!r}; choose one of {sorted(MODELS)}")
+    channels, height, width = image_shape
+    if height != width or height < 16:
+        raise ConfigError(f"model: {name} needs square images of at least 16x16, got {height}x{width}")
+    try:
+        model = MODELS[name](in_channels=channels, image_size=height, num_classes=num_classes,
+                             mean=mean, std=std, **options)
+    except TypeError as exc:
+        raise ConfigError(f"model: bad option for {name}: {exc}") from None
+    _check_fits(model, name, image_shape)
+    return model
+
+
+def _check_fits(model: nn.Module, name: str, image_shape) -> None:
+    """Fail at build time, not mid-training, when the images do not fit the architecture."""
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            model(torch.zeros(1, *image_shape))
+    except RuntimeError as exc:
+        raise ConfigError(f"model: {name} does not fit images of shape {tuple(image_shape)} ({exc})") from None
+    finally:
+        model.train(was_training)
+
+
+def model_for(dataset, name: str = "lenet", **options) -> nn.Module:
+    """Build model ``name`` shaped for ``dataset`` (an :class:`~gradguard.data.ImageDataset`)."""
+    return build_model(name, dataset.image_shape, dataset.num_classes, mean=dataset.mean, std=dataset.std, **options)
