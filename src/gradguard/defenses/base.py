@@ -27,7 +27,8 @@ class DefenseContext:
     """What a client knows when it defends one gradient.
 
     ``generator`` drives every random draw of the defense (DESIGN.md: randomness is explicit);
-    ``round`` and ``client`` let stateful defenses refresh per-round state such as risks.
+    ``round`` and ``client`` let stateful defenses refresh per-round state such as risks;
+    ``local_data`` is the client's whole local dataset (images, labels), e.g. for a root set.
     """
 
     model: nn.Module | None = None
@@ -37,6 +38,7 @@ class DefenseContext:
     round: int = 0
     client: int = 0
     per_sample: Gradient | None = None
+    local_data: tuple[Tensor, Tensor] | None = None
     extras: dict[str, Any] = field(default_factory=dict)
 
 
