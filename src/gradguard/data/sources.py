@@ -111,7 +111,8 @@ class Cifar10Jpeg:
 
     JPEG changes pixels by about 5.8/255 on average, so wherever ``cifar10_exact.npz`` lies
     beside it, its exact pixels replace the decoded ones (train images 0..3999 and the test
-    images it lists): attack targets drawn from those indices are exact.
+    images it lists): attack targets drawn from ``x_train[:4000]`` are exact. The test split
+    comes sorted by class, as the JPEG copy stores it.
     """
 
     filename: str = "cifar10_jpeg.npz"
@@ -145,17 +146,17 @@ class Cifar10Jpeg:
 
         with np.load(self.location(root)) as src:
             x_train = decode(src["train_jpeg"], src["train_offsets"])
-            x_test_sorted = decode(src["test_jpeg"], src["test_offsets"])
-            canonical = src["test_canonical_index"]
-            y_train, y_test = src["y_train"], np.empty_like(src["y_test"])
-            x_test = np.empty_like(x_test_sorted)
-            x_test[canonical] = x_test_sorted
-            y_test[canonical] = src["y_test"]
+            x_test = decode(src["test_jpeg"], src["test_offsets"])  # sorted by class
+            y_train, y_test = src["y_train"], src["y_test"]
+            canonical = src["test_canonical_index"]  # -1 where the canonical position is unknown
         exact = root / self.exact
         if exact.is_file():
             with np.load(exact) as ex:
                 x_train[ex["train_index"]] = ex["x_train"]
-                x_test[ex["test_index"]] = ex["x_test"]
+                position = {int(c): i for i, c in enumerate(ex["test_index"])}
+                known = [(i, position[int(c)]) for i, c in enumerate(canonical) if int(c) in position]
+                mine, theirs = (np.array(v, dtype=np.int64) for v in zip(*known))
+                x_test[mine] = ex["x_test"][theirs]
         return {"x_train": x_train, "y_train": y_train, "x_test": x_test, "y_test": y_test}
 
 
