@@ -12,10 +12,11 @@ from __future__ import annotations
 import hashlib
 import json
 import sqlite3
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 from ..errors import GradguardError
 
@@ -48,54 +49,58 @@ class Cell:
 
 
 class ResultStore:
-    """Finished cells of one run folder (``results.sqlite``)."""
+    """Finished cells of one run folder (``results.sqlite``); safe to share between threads."""
 
     FILENAME = "results.sqlite"
 
     def __init__(self, folder: str | Path):
         self.path = Path(folder) / self.FILENAME
+        self._lock = threading.Lock()
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
-            self._db = sqlite3.connect(self.path, isolation_level=None)
+            self._db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
             self._db.execute("PRAGMA journal_mode=WAL")
             self._db.executescript(SCHEMA)
         except (OSError, sqlite3.Error) as exc:
             raise GradguardError(f"results store: cannot open {self.path} ({exc})") from None
 
+    def _query(self, sql: str, params: tuple = ()) -> list[tuple]:
+        with self._lock:
+            return self._db.execute(sql, params).fetchall()
+
     def get(self, key: str) -> Cell | None:
-        row = self._db.execute("SELECT key, kind, config, result, seconds FROM cells WHERE key = ?", (key,)).fetchone()
-        return self._cell(row) if row else None
+        rows = self._query("SELECT key, kind, config, result, seconds FROM cells WHERE key = ?", (key,))
+        return self._cell(rows[0]) if rows else None
 
     def __contains__(self, key: str) -> bool:
-        return self._db.execute("SELECT 1 FROM cells WHERE key = ?", (key,)).fetchone() is not None
+        return bool(self._query("SELECT 1 FROM cells WHERE key = ?", (key,)))
 
     def put(self, kind: str, config: dict[str, Any], result: dict[str, Any], seconds: float) -> str:
         """Store a finished cell; storing the same key twice is an error, never an overwrite."""
         key = cell_key(kind, config)
         try:
-            self._db.execute(
-                "INSERT INTO cells (key, kind, config, result, seconds, finished_at) VALUES (?, ?, ?, ?, ?, ?)",
-                (key, kind, json.dumps(config, sort_keys=True, default=str), json.dumps(result), seconds, time.time()))
+            self._query("INSERT INTO cells (key, kind, config, result, seconds, finished_at) VALUES (?, ?, ?, ?, ?, ?)",
+                        (key, kind, json.dumps(config, sort_keys=True, default=str), json.dumps(result), seconds,
+                         time.time()))
         except sqlite3.IntegrityError:
             raise GradguardError(f"results store: cell {key} ({kind}) is already stored; refusing to overwrite") from None
         return key
 
-    def cells(self, kind: str | None = None) -> Iterator[Cell]:
+    def cells(self, kind: str | None = None) -> list[Cell]:
         query = "SELECT key, kind, config, result, seconds FROM cells"
-        rows = self._db.execute(query + " WHERE kind = ? ORDER BY rowid", (kind,)) if kind else \
-            self._db.execute(query + " ORDER BY rowid")
-        for row in rows.fetchall():
-            yield self._cell(row)
+        rows = self._query(query + " WHERE kind = ? ORDER BY rowid", (kind,)) if kind else \
+            self._query(query + " ORDER BY rowid")
+        return [self._cell(row) for row in rows]
 
     def count(self) -> int:
-        return self._db.execute("SELECT COUNT(*) FROM cells").fetchone()[0]
+        return self._query("SELECT COUNT(*) FROM cells")[0][0]
 
     def set_meta(self, name: str, value: Any) -> None:
-        self._db.execute("INSERT OR REPLACE INTO meta (name, value) VALUES (?, ?)", (name, json.dumps(value, default=str)))
+        self._query("INSERT OR REPLACE INTO meta (name, value) VALUES (?, ?)", (name, json.dumps(value, default=str)))
 
     def meta(self, name: str, default: Any = None) -> Any:
-        row = self._db.execute("SELECT value FROM meta WHERE name = ?", (name,)).fetchone()
-        return json.loads(row[0]) if row else default
+        rows = self._query("SELECT value FROM meta WHERE name = ?", (name,))
+        return json.loads(rows[0][0]) if rows else default
 
     def close(self) -> None:
         self._db.close()

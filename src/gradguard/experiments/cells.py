@@ -1,0 +1,100 @@
+"""The two kinds of cell a reproduction computes: an attack on a set of images, and a training run.
+
+Each is a pure function of its configuration: the model's initialisation, the choice of
+target images, the defense's noise and the attack's randomness all derive from the config's
+seed, so the store's cached result equals a recomputation.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+import torch
+
+from ..data import load_dataset
+from ..defenses import Defense, DefenseContext
+from ..grads import batch_gradient
+from ..metrics import label_accuracy, score_reconstruction
+from ..models import model_for
+
+
+def derived_generator(*parts: Any) -> torch.Generator:
+    """A generator seeded from a hash of ``parts`` (e.g. the seed and a purpose)."""
+    digest = hashlib.sha256(repr(parts).encode()).digest()
+    return torch.Generator().manual_seed(int.from_bytes(digest[:8], "little") & (2**63 - 1))
+
+
+def encode_images(images: torch.Tensor) -> dict[str, Any]:
+    """Images in [0, 1] as compact JSON: uint8 bytes in base64 plus the shape."""
+    array = (images.detach().clamp(0, 1) * 255).round().to(torch.uint8).numpy()
+    return {"shape": list(array.shape), "uint8_b64": base64.b64encode(array.tobytes()).decode()}
+
+
+def decode_images(blob: dict[str, Any]) -> torch.Tensor:
+    array = np.frombuffer(base64.b64decode(blob["uint8_b64"]), dtype=np.uint8).reshape(blob["shape"])
+    return torch.from_numpy(array.copy()).float() / 255
+
+
+def target_indices(num_train: int, count: int, generator: torch.Generator, pool: int = 4000) -> list[int]:
+    """Which training images are attacked: a seeded draw from the first ``pool`` images (for
+    CIFAR-10 those carry exact pixels)."""
+    return torch.randperm(min(pool, num_train), generator=generator)[:count].tolist()
+
+
+def seeded_model(dataset, name: str, seed: int, **options) -> torch.nn.Module:
+    """The model the attacker sees, initialised from the seed without touching the global RNG."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        return model_for(dataset, name, **options)
+
+
+def attack_cell(config: dict[str, Any], data_root: Path | None) -> dict[str, Any]:
+    """Attack ``images`` training images, ``batch_size`` at a time, through a defense."""
+    from ..attacks import Attack
+
+    dataset = load_dataset(config["dataset"], data_root)
+    seed = config["seed"]
+    model = seeded_model(dataset, config["model"], seed, **config.get("model_options", {}))
+    defense = Defense.from_config(config["defense"], **config["defense_options"])
+    attack = Attack.from_config(config["attack"], **config["attack_overrides"])
+    index = target_indices(len(dataset.x_train), config["images"], derived_generator(seed, "targets"))
+    truth, labels = dataset.x_train[index], dataset.y_train[index]
+    batch = config["batch_size"]
+    reconstructions, recovered = [], []
+    for start in range(0, len(index), batch):
+        x, y = truth[start:start + batch], labels[start:start + batch]
+        gradient = batch_gradient(model, x, y)
+        context = DefenseContext(model=model, x=x, y=y, generator=derived_generator(seed, "defense", start),
+                                 local_data=(x, y))
+        observed = defense.defend(gradient, context)
+        result = attack.reconstruct(model, observed, dataset.image_shape, len(x), labels=y,
+                                    generator=derived_generator(seed, "attack", start))
+        reconstructions.append(result.images.detach())
+        recovered.append(result.labels.detach())
+    images = torch.cat(reconstructions)
+    scores = score_reconstruction(images, truth)
+    return {
+        "psnr": scores.psnr.tolist(), "ssim": scores.ssim.tolist(), **scores.summary(),
+        "label_accuracy": label_accuracy(torch.cat(recovered), labels),
+        "truth": encode_images(truth), "reconstruction": encode_images(images), "targets": index,
+    }
+
+
+def train_cell(config: dict[str, Any], data_root: Path | None) -> dict[str, Any]:
+    """One simulated federated training run: the accuracy curve, ACC and ART."""
+    from ..fl import SimulationConfig, simulate
+
+    history = simulate(SimulationConfig(**config, data_root=data_root, reproducible_noise=True))
+    return {"summary": history.summary(),
+            "curve": [[r.round, r.accuracy] for r in history.evaluated],
+            "accuracy": history.final_accuracy, "art_s": history.art}
+
+
+COMPUTE: dict[str, Callable[[dict[str, Any], Path | None], dict[str, Any]]] = {
+    "attack": attack_cell,
+    "train": train_cell,
+}

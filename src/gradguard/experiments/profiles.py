@@ -1,0 +1,138 @@
+"""Reproduction profiles: which datasets, attacks, defenses and budgets a run covers.
+
+``quick`` runs on the embedded ``mnist-sample`` within minutes on 2 CPU cores (the README's
+main job); ``paper`` runs the paper's datasets with more images and rounds; ``tiny`` exists for
+the test suite.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from ..errors import ConfigError
+
+
+class Knob(BaseModel):
+    """How a baseline's strength maps to its option, and the range the equal-privacy search covers.
+
+    Strength grows from ``low`` to ``high``; attack PSNR is expected to fall along it.
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    option: str
+    low: float
+    high: float
+    scale: float = 1.0  # option value = strength * scale (e.g. a fraction shown as a percentile)
+
+    def options(self, strength: float) -> dict[str, float]:
+        return {self.option: strength * self.scale}
+
+
+# Baselines compared at equal privacy, with the range their strength is searched over.
+KNOBS: dict[str, Knob] = {
+    "gc": Knob(option="percentile", low=0.1, high=0.999, scale=100.0),
+    "dp-gaussian": Knob(option="sigma", low=1e-4, high=1.0),
+    "dp-laplace": Knob(option="scale", low=1e-4, high=1.0),
+    "soteria": Knob(option="percent", low=0.01, high=0.99, scale=100.0),
+}
+
+# Columns of the privacy table; "soteria-muted" is soteria attacked with its layer muted.
+PRIVACY_COLUMNS = ("none", "graddefense", "gc", "dp-gaussian", "dp-laplace", "soteria", "soteria-muted")
+TRAINED_DEFENSES = ("none", "graddefense", "gc", "dp-gaussian", "dp-laplace", "soteria")
+
+
+class TrainSettings(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    algorithm: str = "fedavg"
+    clients: int = 10
+    fraction: float = 1.0
+    rounds: int = 20
+    batch_size: int = 32
+    lr: float = 0.1
+    local_steps: int | None = 5
+    eval_every: int = 2
+
+
+class Profile(BaseModel):
+    """Everything a reproduction run does; its hash keys the results store."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    name: str
+    datasets: list[str]
+    model: str = "lenet"
+    attack_model_options: dict[str, Any] = Field(default_factory=lambda: {"dlg_init": True},
+                                                 description="the attacked model as DLG attacks it: at initialisation")
+    attacks: list[str] = Field(default_factory=lambda: ["dlg", "gia"])
+    defenses: list[str] = Field(default_factory=lambda: list(PRIVACY_COLUMNS))
+    images: int = 4
+    batch_size: int = 1
+    attack_overrides: dict[str, dict[str, Any]] = Field(default_factory=dict)
+    strengths: dict[str, float] = Field(default_factory=dict, description="fixed baseline strengths; others searched")
+    search_attack: str = "dlg"
+    search_steps: int = 4
+    train: TrainSettings = Field(default_factory=TrainSettings)
+    train_datasets: list[str] | None = None  # default: the same datasets
+    seed: int = 0
+
+
+PROFILES: dict[str, Profile] = {
+    "tiny": Profile(
+        name="tiny", datasets=["mnist-sample"], images=2, search_steps=1,
+        attack_overrides={"dlg": {"iterations": 5}, "gia": {"iterations": 5, "restarts": 1}},
+        train=TrainSettings(clients=4, rounds=2, local_steps=1, eval_every=1),
+    ),
+    "quick": Profile(
+        name="quick", datasets=["mnist-sample"], images=4, search_steps=3,
+        attack_overrides={"gia": {"iterations": 600, "restarts": 1}},
+        train=TrainSettings(clients=10, rounds=20, local_steps=5, eval_every=2),
+    ),
+    "paper": Profile(
+        name="paper", datasets=["mnist", "fashion-mnist", "cifar10"], images=8, search_steps=5,
+        attack_overrides={"gia": {"iterations": 2400, "restarts": 2}},
+        train=TrainSettings(clients=10, rounds=50, local_steps=10, eval_every=5),
+    ),
+}
+
+
+def get_profile(name: str) -> Profile:
+    if name not in PROFILES:
+        raise ConfigError(f"profile: unknown name {name!r}; choose one of {sorted(PROFILES)}")
+    return PROFILES[name]
+
+
+def _searched(profile: Profile) -> list[str]:
+    columns = {"soteria" if c == "soteria-muted" else c for c in profile.defenses}
+    return [b for b in KNOBS if b in columns and b not in profile.strengths]
+
+
+def estimate_cells(profile: Profile) -> int:
+    """How many cells a fresh run computes (searches counted at their full length)."""
+    per_dataset = len(profile.attacks) * len(profile.defenses) + len(_searched(profile)) * (profile.search_steps + 2)
+    trained = len([d for d in TRAINED_DEFENSES if d in profile.defenses])
+    return per_dataset * len(profile.datasets) + trained * len(profile.train_datasets or profile.datasets)
+
+
+# Seconds per attack iteration per image, and per client step, measured on 2 CPU cores (LeNet).
+ATTACK_ITERATION_S = {"dlg": 0.004, "gia": 0.003}
+CLIENT_STEP_S = 0.003
+
+
+def estimate_seconds(profile: Profile) -> float:
+    """A rough duration for a fresh run, from per-iteration costs measured on 2 CPU cores."""
+    from ..attacks import Attack
+
+    attack_s = 0.0
+    for attack in profile.attacks:
+        config = Attack.from_config(attack, **profile.attack_overrides.get(attack, {})).config
+        runs = len(profile.defenses) + (len(_searched(profile)) * (profile.search_steps + 2)
+                                        if attack == profile.search_attack else 0)
+        attack_s += runs * profile.images * config.iterations * config.restarts * ATTACK_ITERATION_S.get(attack, 0.004)
+    train = profile.train
+    steps = train.rounds * max(1, round(train.clients * train.fraction)) * (train.local_steps or 10)
+    train_s = len(TRAINED_DEFENSES) * steps * CLIENT_STEP_S
+    return (attack_s * len(profile.datasets) + train_s * len(profile.train_datasets or profile.datasets))

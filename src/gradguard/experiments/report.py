@@ -1,0 +1,110 @@
+"""`gradguard report DIR`: tables (Markdown, CSV), figures (PNG) and one self-contained HTML page,
+all rebuilt from the run folder's results store."""
+
+from __future__ import annotations
+
+import base64
+import html
+import json
+import platform
+from pathlib import Path
+from typing import Any
+
+from ..errors import GradguardError
+from . import figures
+from .store import ResultStore, cell_key
+from .tables import Table, accuracy_table, privacy_table, strength_table
+
+
+def versions() -> dict[str, str]:
+    import numpy
+    import torch
+
+    from .. import __version__
+
+    return {"gradguard": __version__, "python": platform.python_version(), "torch": torch.__version__,
+            "numpy": numpy.__version__, "threads": str(torch.get_num_threads())}
+
+
+def utility_points(store: ResultStore, plan: dict[str, Any], attack: str) -> list[dict[str, Any]]:
+    """(PSNR under ``attack``, ACC) for every trained defense of a reproduction."""
+    privacy = {(p["dataset"], p["column"]): p for p in plan["privacy"] if p["attack"] == attack}
+    points = []
+    for entry in plan["training"]:
+        attacked, trained = privacy.get((entry["dataset"], entry["defense"])), store.get(cell_key("train", entry["config"]))
+        attacked_cell = attacked and store.get(cell_key("attack", attacked["config"]))
+        if trained and attacked_cell:
+            points.append({"dataset": entry["dataset"], "defense": entry["defense"],
+                           "psnr": attacked_cell.result["psnr_mean"], "accuracy": trained.result["accuracy"]})
+    return points
+
+
+def build_report(folder: str | Path) -> Path:
+    """Write every table and figure of the run in ``folder`` under ``folder/report``; returns the HTML path."""
+    folder = Path(folder)
+    if not (folder / ResultStore.FILENAME).is_file():
+        raise GradguardError(f"report: no results store in {folder} (run `gradguard reproduce` or `sweep` there first)")
+    store = ResultStore(folder)
+    out = folder / "report"
+    out.mkdir(exist_ok=True)
+    tables: list[Table] = []
+    images: list[tuple[str, Path]] = []
+    plan = store.meta("plan")
+    if plan:
+        tables += [privacy_table(store, plan), accuracy_table(store, plan), strength_table(plan)]
+        for attack in dict.fromkeys(p["attack"] for p in plan["privacy"]):
+            images.append((f"Reconstructions by {attack}",
+                           figures.reconstruction_grid(store, plan, attack, out / f"reconstructions_{attack}.png")))
+        if plan["training"]:
+            images.append(("Test accuracy per round", figures.accuracy_curves(store, plan, out / "accuracy_curves.png")))
+        attack = (store.meta("profile") or {}).get("search_attack", "dlg")
+        points = utility_points(store, plan, attack)
+        if points:
+            images.append((f"Privacy ({attack} PSNR) vs utility (ACC)",
+                           figures.privacy_utility(points, out / "privacy_utility.png")))
+    sweep = store.meta("sweep")
+    if sweep:
+        tables.append(sweep_table(sweep))
+        images.append(("Privacy-utility curves (sweep)", figures.privacy_utility(
+            sweep["points"], out / "sweep.png", title=f"Sweep: {sweep['attack']} PSNR vs ACC")))
+    if not tables:
+        raise GradguardError(f"report: the store in {folder} holds no finished reproduction or sweep yet")
+    for index, table in enumerate(tables):
+        table.write_csv(out / f"table{index + 1}.csv")
+    (out / "tables.md").write_text("\n".join(t.markdown() for t in tables))
+    page = out / "index.html"
+    page.write_text(render_html(tables, images, store))
+    return page
+
+
+def sweep_table(sweep: dict[str, Any]) -> Table:
+    rows = [[p["dataset"], p["defense"], f"{p['option']}={p['value']:.4g}", f"{p['psnr']:.2f}", f"{p['ssim']:.3f}",
+             f"{100 * p['accuracy']:.2f}%"] for p in sweep["points"]]
+    return Table(f"Sweep under {sweep['attack']}", ["dataset", "defense", "setting", "PSNR (dB)", "SSIM", "ACC"], rows)
+
+
+def _html_table(table: Table) -> str:
+    head = "".join(f"<th>{html.escape(h)}</th>" for h in table.header)
+    body = "".join("<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in row) + "</tr>" for row in table.rows)
+    return f"<h2>{html.escape(table.title)}</h2><table><tr>{head}</tr>{body}</table>"
+
+
+def render_html(tables: list[Table], images: list[tuple[str, Path]], store: ResultStore) -> str:
+    """One page, images embedded as data URIs so it can be mailed or archived as a single file."""
+    figures_html = "".join(
+        f'<figure><img alt="{html.escape(title)}" src="data:image/png;base64,'
+        f'{base64.b64encode(path.read_bytes()).decode()}"><figcaption>{html.escape(title)} '
+        f'({html.escape(path.name)})</figcaption></figure>' for title, path in images)
+    config = {"profile": store.meta("profile"), "sweep": (store.meta("sweep") or {}).get("config"),
+              "versions": versions(), "cells": store.count()}
+    style = ("body{font-family:sans-serif;max-width:1100px;margin:2em auto;color:#222}"
+             "table{border-collapse:collapse;margin:1em 0;font-size:13px}"
+             "td,th{border:1px solid #ccc;padding:4px 8px}th{background:#f3f3f3}"
+             "img{max-width:100%}figure{margin:1.5em 0}pre{background:#f7f7f7;padding:1em;overflow:auto}")
+    return (f"<!doctype html><html><head><meta charset='utf-8'><title>gradguard report</title>"
+            f"<style>{style}</style></head><body><h1>gradguard report</h1>"
+            f"<p>PSNR and SSIM of reconstructions against the truth (lower = more private), label accuracy of the "
+            f"attack, the global model's test accuracy (ACC) and average round time (ART).</p>"
+            + "".join(_html_table(t) for t in tables) + figures_html
+            + f"<h2>Configuration and versions</h2><pre>{html.escape(json.dumps(config, indent=2, default=str))}</pre>"
+            + "</body></html>")
