@@ -64,17 +64,18 @@ def attack_cell(config: dict[str, Any], data_root: Path | None) -> dict[str, Any
     index = target_indices(len(dataset.x_train), config["images"], derived_generator(seed, "targets"))
     truth, labels = dataset.x_train[index], dataset.y_train[index]
     batch = config["batch_size"]
-    reconstructions, recovered = [], []
+    observed, batches = [], []
     for start in range(0, len(index), batch):
         x, y = truth[start:start + batch], labels[start:start + batch]
-        gradient = batch_gradient(model, x, y)
         context = DefenseContext(model=model, x=x, y=y, generator=derived_generator(seed, "defense", start),
                                  local_data=(x, y))
-        observed = defense.defend(gradient, context)
-        result = attack.reconstruct(model, observed, dataset.image_shape, len(x), labels=y,
-                                    generator=derived_generator(seed, "attack", start))
-        reconstructions.append(result.images.detach())
-        recovered.append(result.labels.detach())
+        observed.append(defense.defend(batch_gradient(model, x, y), context))
+        batches.append(y)
+    # All targets in one vectorised optimisation; labels reach the attack only if its config says "given".
+    results = attack.reconstruct_many(model, observed, dataset.image_shape, batch, labels=batches,
+                                      generator=derived_generator(seed, "attack"))
+    reconstructions = [r.images.detach() for r in results]
+    recovered = [r.labels.detach() for r in results]
     images = torch.cat(reconstructions)
     scores = score_reconstruction(images, truth)
     return {

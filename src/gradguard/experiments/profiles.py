@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from ..errors import ConfigError
 
@@ -78,6 +78,12 @@ class Profile(BaseModel):
     train: TrainSettings = Field(default_factory=TrainSettings)
     train_datasets: list[str] | None = None  # default: the same datasets
     seed: int = 0
+
+    @model_validator(mode="after")
+    def _whole_batches(self) -> "Profile":
+        if self.images % self.batch_size:
+            raise ValueError(f"images={self.images} must be a multiple of batch_size={self.batch_size}")
+        return self
 
 
 PROFILES: dict[str, Profile] = {

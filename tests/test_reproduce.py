@@ -1,0 +1,99 @@
+"""The reproduction harness end to end on a tiny profile, its resume guarantee, and its errors."""
+
+import re
+
+import pytest
+
+from gradguard.cli import run
+from gradguard.errors import DatasetNotFoundError
+from gradguard.experiments import cells
+from gradguard.experiments.profiles import PROFILES, TrainSettings
+from gradguard.experiments.report import build_report
+from gradguard.experiments.reproduce import reproduce
+from gradguard.experiments.runner import CellRunner
+from gradguard.experiments.store import ResultStore
+from gradguard.experiments.tables import accuracy_table, privacy_table
+
+SMALL = PROFILES["tiny"].model_copy(update={
+    "name": "small", "attacks": ["dlg"], "defenses": ["none", "graddefense", "gc"],
+    "train": TrainSettings(clients=3, rounds=2, local_steps=1, eval_every=1)})
+
+
+def test_tiny_profile_produces_every_table_and_figure(tmp_path):
+    with CellRunner(ResultStore(tmp_path)) as runner:
+        plan = reproduce(runner, PROFILES["tiny"])
+    assert {p["column"] for p in plan["privacy"]} == {"none", "graddefense", "gc", "dp-gaussian", "dp-laplace",
+                                                       "soteria", "soteria-muted"}
+    page = build_report(tmp_path)
+    report = page.parent
+    for name in ("tables.md", "table1.csv", "table2.csv", "table3.csv", "reconstructions_dlg.png",
+                 "reconstructions_gia.png", "accuracy_curves.png", "privacy_utility.png"):
+        assert (report / name).is_file(), name
+    text = page.read_text()
+    for figure in report.glob("*.png"):
+        assert f"({figure.name})" in text, f"{figure.name} is not in the HTML page"
+    assert text.count("data:image/png;base64,") == len(list(report.glob("*.png")))
+    assert "pending" not in (report / "tables.md").read_text()
+
+
+def _tables_without_time(folder):
+    store = ResultStore(folder)
+    plan = store.meta("plan")
+    accuracy = [row[:3] for row in accuracy_table(store, plan).rows]  # ART is a measurement, not a result
+    return privacy_table(store, plan).rows, accuracy
+
+
+def test_interrupted_run_resumes_computing_each_cell_once(tmp_path, monkeypatch):
+    computed = []
+    real = dict(cells.COMPUTE)
+
+    def counting(kind, fail_after=None):
+        def compute(config, root):
+            if fail_after is not None and len(computed) >= fail_after:
+                raise KeyboardInterrupt("simulated interruption")
+            computed.append((kind, repr(sorted(config.items()))))
+            return real[kind](config, root)
+        return compute
+
+    monkeypatch.setattr(cells, "COMPUTE", {k: counting(k, fail_after=4) for k in real})
+    with pytest.raises(KeyboardInterrupt), CellRunner(ResultStore(tmp_path / "a")) as runner:
+        reproduce(runner, SMALL)
+    assert ResultStore(tmp_path / "a").count() == 4
+    monkeypatch.setattr(cells, "COMPUTE", {k: counting(k) for k in real})
+    with CellRunner(ResultStore(tmp_path / "a")) as runner:
+        reproduce(runner, SMALL)
+    assert len(computed) == len(set(computed)), "a cell was computed twice"
+    with CellRunner(ResultStore(tmp_path / "b")) as runner:
+        reproduce(runner, SMALL)
+    assert _tables_without_time(tmp_path / "a") == _tables_without_time(tmp_path / "b")
+
+
+def test_a_changed_config_makes_new_cells(tmp_path):
+    with CellRunner(ResultStore(tmp_path)) as runner:
+        reproduce(runner, SMALL)
+        before = runner.store.count()
+        reproduce(runner, SMALL.model_copy(update={"seed": 1}))
+    assert runner.store.count() == 2 * before
+
+
+def test_missing_dataset_is_one_clear_error(tmp_path, capsys):
+    code = run(["reproduce", "--profile", "paper", "--data-root", str(tmp_path), "--out", str(tmp_path / "run")])
+    err = capsys.readouterr().err
+    assert code == 2 and err.count("\n") == 1 and "mnist" in err and "fashion-mnist" in err
+    assert not (tmp_path / "run" / ResultStore.FILENAME).exists(), "nothing is written before the check"
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["reproduce", "--profile", "huge"], "unknown name 'huge'"),
+    (["report", "/nonexistent/run"], "no results store"),
+])
+def test_bad_input_exit_2(argv, message, capsys):
+    assert run(argv) == 2
+    assert message in capsys.readouterr().err
+
+
+def test_unwritable_output_folder(tmp_path, capsys):
+    blocker = tmp_path / "file"
+    blocker.write_text("")
+    assert run(["reproduce", "--profile", "quick", "--out", str(blocker / "run")]) == 2
+    assert re.search("cannot open", capsys.readouterr().err)
