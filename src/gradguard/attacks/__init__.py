@@ -1,0 +1,15 @@
+"""Gradient leakage attacks: one gradient-matching engine, label recovery, named presets.
+
+``Attack.from_config("dlg").reconstruct(model, observed_gradient, image_shape, batch_size)``
+returns a :class:`Reconstruction`; ``reconstruct_many`` attacks several targets (and their
+restarts) in one vectorised optimisation. :data:`ATTACKS` lists the presets.
+"""
+
+from .attack import Attack, Reconstruction
+from .config import AttackConfig
+from .labels import idlg_labels, last_linear
+from .matching import DISTANCES, GradientMatcher, matching_weights, total_variation
+from .presets import ATTACKS
+
+__all__ = ["ATTACKS", "Attack", "AttackConfig", "DISTANCES", "GradientMatcher", "Reconstruction", "idlg_labels",
+           "last_linear", "matching_weights", "total_variation"]

@@ -1,0 +1,147 @@
+"""``Attack``: reconstruct a client's batch from its (possibly defended) gradient.
+
+The attacker sees only what the threat model allows (DESIGN.md section 3): the model, the
+observed gradient, the image shape and the batch size, plus the labels when the config says
+they are given. Ground truth never enters here; the caller scores the result.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from typing import Callable, Optional, Sequence
+
+import torch
+from torch import Tensor, nn
+
+from ..errors import ConfigError
+from ..grads import param_names
+from .config import AttackConfig
+from .labels import idlg_labels, last_linear
+from .matching import GradientMatcher, matching_weights
+from .optimizers import OPTIMIZERS
+
+Gradient = Sequence[Tensor]
+Progress = Optional[Callable[[int, Tensor], None]]
+
+
+@dataclass(frozen=True)
+class Reconstruction:
+    """One attacked batch: images (B, C, H, W) in pixel space (unclamped unless boxed), labels
+    (B,) and the gradient distance of the best restart (the restart kept)."""
+
+    images: Tensor
+    labels: Tensor
+    matching_loss: float
+
+
+class Attack:
+    """A gradient-matching attack with a validated :class:`AttackConfig`."""
+
+    def __init__(self, config: AttackConfig | None = None, **options):
+        self.config = config if config is not None else AttackConfig(**options)
+
+    @classmethod
+    def from_config(cls, name: str, **overrides) -> "Attack":
+        """The preset ``name`` (see :data:`ATTACKS`) with ``overrides`` applied and validated."""
+        from .presets import ATTACKS
+
+        if name not in ATTACKS:
+            raise ConfigError(f"attack: unknown name {name!r}; choose one of {sorted(ATTACKS)}")
+        return cls(AttackConfig(**{**ATTACKS[name].model_dump(), **overrides}))
+
+    def reconstruct(self, model: nn.Module, observed: Gradient, image_shape: Sequence[int], batch_size: int,
+                    labels: Tensor | None = None, *, generator: torch.Generator | None = None,
+                    progress: Progress = None) -> Reconstruction:
+        """Reconstruct one batch of ``batch_size`` images from its observed gradient."""
+        return self.reconstruct_many(model, [observed], image_shape, batch_size,
+                                     None if labels is None else [labels], generator=generator, progress=progress)[0]
+
+    def reconstruct_many(self, model: nn.Module, observed: Sequence[Gradient], image_shape: Sequence[int],
+                         batch_size: int, labels: Sequence[Tensor] | None = None, *,
+                         generator: torch.Generator | None = None, progress: Progress = None) -> list[Reconstruction]:
+        """Reconstruct several independent batches (targets) in one vectorised optimisation.
+
+        Each observed gradient gets ``restarts`` independent runs; the run with the lowest
+        gradient distance is kept. Starting points are drawn target after target from
+        ``generator``, so attacking targets together or one after another with the same
+        generator gives the same result. ``progress(iteration, distances)`` is called after
+        every iteration with the current gradient distance of every run.
+        """
+        config = self.config
+        names = param_names(model)
+        reference = [p for p in model.parameters() if p.requires_grad]
+        _check_observed(observed, reference)
+        restarts, images_count = config.restarts, len(observed)
+        stacked = [torch.stack([obs[i].detach() for obs in observed]).repeat_interleave(restarts, 0)
+                   for i in range(len(reference))]
+        weights = matching_weights(names, [p.shape for p in reference], config)
+        hard = self._hard_labels(model, reference, observed, batch_size, labels)
+        generator = generator if generator is not None else _entropy_generator()
+        classes = last_linear(model).out_features
+        shape = (batch_size, *image_shape)
+        dtype, device = reference[0].dtype, reference[0].device
+        starts, label_vars = [], []
+        for _ in range(images_count * restarts):
+            starts.append(_initial_images(config, shape, generator, dtype).to(device))
+            if hard is None:
+                label_vars.append(torch.randn(batch_size, classes, generator=generator, dtype=dtype).to(device))
+        init_labels = torch.stack(label_vars) if hard is None else hard.repeat_interleave(restarts, 0)
+        matcher = GradientMatcher(model, stacked, weights, config)
+        images, label_state = OPTIMIZERS[config.optimizer](matcher, torch.stack(starts), init_labels, config, progress)
+        _, distances = matcher.objective(images, label_state)
+        return _best_restarts(images, label_state, distances.detach(), images_count, restarts)
+
+    def _hard_labels(self, model, reference, observed, batch_size, labels) -> Tensor | None:
+        """(targets, B) labels when they are recovered or given; None when learned."""
+        mode = self.config.labels
+        if mode == "idlg-or-given":
+            mode = "idlg" if batch_size == 1 else "given"
+        if mode == "learned":
+            return None
+        if mode == "idlg":
+            weight = last_linear(model).weight
+            index = next(i for i, p in enumerate(reference) if p is weight)
+            return torch.stack([idlg_labels(obs[index], batch_size) for obs in observed])
+        if labels is None or len(labels) != len(observed):
+            raise ConfigError(f"attack: labels='{self.config.labels}' at batch size {batch_size} needs the labels "
+                              f"of each of the {len(observed)} targets")
+        for given in labels:
+            if given.shape != (batch_size,):
+                raise ConfigError(f"attack: given labels must have shape ({batch_size},), got {tuple(given.shape)}")
+        return torch.stack([given.long() for given in labels]).to(reference[0].device)
+
+    def __repr__(self) -> str:
+        return f"Attack({self.config!r})"
+
+
+INITIALISERS = {
+    "randn": lambda shape, g, dtype, value: torch.randn(shape, generator=g, dtype=dtype),
+    "uniform": lambda shape, g, dtype, value: torch.rand(shape, generator=g, dtype=dtype),
+    "constant": lambda shape, g, dtype, value: torch.full(shape, value, dtype=dtype),
+}
+
+
+def _initial_images(config: AttackConfig, shape, generator, dtype) -> Tensor:
+    return INITIALISERS[config.init](shape, generator, dtype, config.init_value)
+
+
+def _entropy_generator() -> torch.Generator:
+    """A generator seeded from OS entropy, for callers who do not ask for reproducibility."""
+    return torch.Generator().manual_seed(int.from_bytes(os.urandom(8), "little") >> 1)
+
+
+def _check_observed(observed: Sequence[Gradient], reference: Sequence[Tensor]) -> None:
+    if not observed:
+        raise ConfigError("attack: no observed gradient given")
+    for k, gradient in enumerate(observed):
+        if len(gradient) != len(reference) or any(g.shape != p.shape for g, p in zip(gradient, reference)):
+            raise ConfigError(f"attack: observed gradient {k} does not have the model's parameter shapes "
+                              f"({len(gradient)} tensors for {len(reference)} parameters)")
+
+
+def _best_restarts(images: Tensor, labels: Tensor, distances: Tensor, count: int, restarts: int) -> list[Reconstruction]:
+    """Per target, the restart with the lowest gradient distance (never judged against the truth)."""
+    best = distances.view(count, restarts).argmin(1) + torch.arange(count, device=distances.device) * restarts
+    predicted = labels.argmax(-1) if labels.is_floating_point() else labels
+    return [Reconstruction(images[i], predicted[i], float(distances[i])) for i in best.tolist()]
