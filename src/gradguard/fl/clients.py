@@ -151,6 +151,7 @@ class VectorizedTrainer(LocalTrainer):
             return F.cross_entropy(functional_call(model, (params, self.buffers), (x,)), y)
 
         self._grads = vmap(grad(loss))
+        self._grads_shared_params = vmap(grad(loss), in_dims=(None, 0, 0))
 
     def run(self, global_state, jobs, clock):
         self.model.train()
@@ -171,7 +172,8 @@ class VectorizedTrainer(LocalTrainer):
             with clock.phase("client"):
                 idx = torch.stack([job.batches[step] for job in jobs])
                 x, y = self.x[idx], self.y[idx]
-                grads = self._grads(params, x, y)
+                # every client starts from the global model: no need to batch the parameters
+                grads = self._grads_shared_params(start, x, y) if step == 0 else self._grads(params, x, y)
             with clock.phase("defense"):
                 grads = self._defend(params, grads, jobs, x, y)
             if self.algorithm == "fedavg":
