@@ -5,7 +5,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import (BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator,
+                      model_validator)
 
 from ..defenses import DEFENSES
 from ..models.registry import MODELS
@@ -14,6 +15,12 @@ from ..models.registry import MODELS
 # PyTorch's default initialisation stays at chance (10% on mnist-sample after 800 SGD steps at
 # any of lr 0.1, 0.5, 2.0); with the DLG initialisation it reaches 90% (docs/simulator.md).
 TRAINING_MODEL_OPTIONS: dict[str, dict[str, Any]] = {"lenet": {"dlg_init": True}}
+
+# On CPU, vmapping the clients pays off for small local batches, where the per-call overhead of
+# a loop dominates (LeNet, 100 clients: ~5x faster at batch 1, ~2.5x at 4, ~1.5x at 8), and
+# not for large ones, where the loop already runs at the arithmetic floor (batch 32: ~1.4x
+# slower). Measured by benchmarks/simulator.py; see docs/simulator.md.
+VMAP_MAX_BATCH = 8
 
 
 class SimulationConfig(BaseModel):
@@ -28,6 +35,7 @@ class SimulationConfig(BaseModel):
 
     dataset: str = "mnist-sample"
     data_root: Path | None = None
+    download: bool = Field(False, description="let torchvision download missing dataset files")
     model: str = "lenet"
     model_options: dict[str, Any] | None = Field(None, description="options for the model class; "
                                                 "None means TRAINING_MODEL_OPTIONS for that model")
@@ -47,7 +55,8 @@ class SimulationConfig(BaseModel):
     seed: int = 0
     reproducible_noise: bool = Field(False, description="derive the defense's noise from (seed, client, round) "
                                                         "instead of OS entropy")
-    vectorize: bool = Field(True, description="train the clients of a round as one vmapped computation")
+    vectorize: bool | Literal["auto"] = Field("auto", description="train the clients of a round as one vmapped "
+                                              "computation; auto: when batch_size <= VMAP_MAX_BATCH")
 
     @model_validator(mode="before")
     @classmethod
@@ -70,12 +79,29 @@ class SimulationConfig(BaseModel):
             raise ValueError(f"unknown defense {name!r}; choose one of {sorted(DEFENSES)}")
         return name
 
+    @field_validator("defense_options")
+    @classmethod
+    def _valid_defense_options(cls, options: dict[str, Any], info: ValidationInfo) -> dict[str, Any]:
+        defense = info.data.get("defense")
+        if defense is not None:  # None: the defense name itself was invalid, already reported
+            try:
+                DEFENSES[defense].Config(**options)
+            except ValidationError as exc:
+                raise ValueError(f"not valid for defense {defense!r}: " + "; ".join(
+                    f"{'.'.join(map(str, e['loc']))}={e.get('input')!r}: {e['msg']}" for e in exc.errors())) from None
+        return options
+
     @model_validator(mode="after")
     def _steps_only_for_fedavg(self) -> "SimulationConfig":
         if self.algorithm == "fedsgd" and self.local_steps not in (None, 1):
             raise ValueError(f"local_steps={self.local_steps}: FedSGD takes exactly one local gradient; "
                              "use algorithm='fedavg' for several local steps")
         return self
+
+    @property
+    def vectorized(self) -> bool:
+        """Whether the clients run vmapped (resolving ``vectorize="auto"``)."""
+        return self.batch_size <= VMAP_MAX_BATCH if self.vectorize == "auto" else self.vectorize
 
     @property
     def clients_per_round(self) -> int:

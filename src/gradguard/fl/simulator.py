@@ -92,12 +92,12 @@ class Setup:
 def prepare(config: SimulationConfig) -> Setup:
     """Load the data, build the model, the defense and the partition: every configuration error
     surfaces here, before any training."""
-    dataset = load_dataset(config.dataset, config.data_root)
+    dataset = load_dataset(config.dataset, config.data_root, download=config.download)
     model = build_global_model(config, dataset)
     defense = Defense.from_config(config.defense, **config.defense_options)
     parts = partition_clients(config, dataset.y_train)
     trainer = make_trainer(model, defense, config.algorithm, config.lr, dataset.x_train, dataset.y_train,
-                           config.vectorize)
+                           config.vectorized)
     return Setup(config, dataset, model, defense, defense.compensator(), parts, trainer)
 
 
@@ -161,8 +161,12 @@ def simulate(config: SimulationConfig, *, on_round: Callable[[RoundRecord], None
 
     ``on_round`` is called after each round with its record (e.g. for a progress bar).
     """
-    setup = prepare(config)
-    model, data = setup.model, setup.dataset
+    return train(prepare(config), on_round=on_round)
+
+
+def train(setup: Setup, *, on_round: Callable[[RoundRecord], None] | None = None) -> History:
+    """Run the rounds of a prepared simulation (:func:`simulate` = ``train(prepare(config))``)."""
+    config, model, data = setup.config, setup.model, setup.dataset
     state = {n: t.detach().clone() for n, t in model.state_dict().items()}
     history = History(config.model_dump(mode="json"), setup.trainer.name)
     sampler = generator(config.seed, "sampling")
