@@ -52,6 +52,10 @@ class History:
         """Average round time (ART): mean wall time of a round, in seconds."""
         return sum(r.seconds for r in self.rounds) / max(1, len(self.rounds))
 
+    def overhead(self, reference: "History") -> float:
+        """This run's ART relative to ``reference`` (e.g. the same workload with ``none``), minus 1."""
+        return self.art / reference.art - 1
+
     @property
     def evaluated(self) -> list[RoundRecord]:
         return [r for r in self.rounds if r.accuracy is not None]
