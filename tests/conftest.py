@@ -1,10 +1,11 @@
-"""Shared fixtures: the embedded dataset, small models, and the full-data folder when given."""
+"""Shared fixtures: the embedded dataset, a tiny federated dataset, and the full-data folder when given."""
 
 from __future__ import annotations
 
 import os
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -14,6 +15,17 @@ from gradguard.data import load_dataset
 @pytest.fixture(scope="session")
 def mnist_sample():
     return load_dataset("mnist-sample")
+
+
+@pytest.fixture(scope="session")
+def tiny_mnist(tmp_path_factory, mnist_sample) -> str:
+    """A real but tiny dataset for fast federated runs: the first 210 training and 100 test
+    images of mnist-sample, as an interchange-format npz; returns its dataset name (npz:PATH)."""
+    path = tmp_path_factory.mktemp("data") / "tiny_mnist.npz"
+    as_uint8 = lambda x: (x[:, 0] * 255).round().byte().numpy()  # noqa: E731
+    np.savez(path, x_train=as_uint8(mnist_sample.x_train[:210]), y_train=mnist_sample.y_train[:210].numpy(),
+             x_test=as_uint8(mnist_sample.x_test[:100]), y_test=mnist_sample.y_test[:100].numpy())
+    return f"npz:{path}"
 
 
 @pytest.fixture(scope="session")

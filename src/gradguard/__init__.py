@@ -7,10 +7,12 @@ The public API, re-exported here:
 - models: :func:`build_model`, :func:`model_for`
 - gradients: :func:`batch_gradient`, :func:`per_sample_gradients`
 - metrics: :func:`psnr`, :func:`ssim`, :func:`score_reconstruction`, :func:`label_accuracy`
+- federated simulation: :func:`simulate`, :class:`SimulationConfig`, :class:`History`
 """
 
 from .data import ImageDataset, load_dataset, partition_dirichlet, partition_iid
 from .errors import ConfigError, DatasetFormatError, DatasetNotFoundError, GradguardError
+from .fl import History, SimulationConfig, simulate
 from .grads import batch_gradient, per_sample_gradients
 from .metrics import label_accuracy, psnr, score_reconstruction, ssim
 from .models import build_model, model_for
@@ -18,7 +20,8 @@ from .models import build_model, model_for
 __version__ = "0.1.0"
 
 __all__ = [
-    "ConfigError", "DatasetFormatError", "DatasetNotFoundError", "GradguardError", "ImageDataset",
+    "ConfigError", "DatasetFormatError", "DatasetNotFoundError", "GradguardError", "History", "ImageDataset",
+    "SimulationConfig",
     "batch_gradient", "build_model", "label_accuracy", "load_dataset", "model_for", "partition_dirichlet",
-    "partition_iid", "per_sample_gradients", "psnr", "score_reconstruction", "ssim",
+    "partition_iid", "per_sample_gradients", "psnr", "score_reconstruction", "simulate", "ssim",
 ]

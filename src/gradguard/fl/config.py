@@ -1,0 +1,109 @@
+"""The typed, validated configuration of one simulated federated training run."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import (BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator,
+                      model_validator)
+
+from ..defenses import DEFENSES
+from ..models.registry import MODELS
+
+# Model options the simulator uses unless the config names its own. The sigmoid LeNet with
+# PyTorch's default initialisation stays at chance (10% on mnist-sample after 800 SGD steps at
+# any of lr 0.1, 0.5, 2.0); with the DLG initialisation it reaches 90% (docs/simulator.md).
+TRAINING_MODEL_OPTIONS: dict[str, dict[str, Any]] = {"lenet": {"dlg_init": True}}
+
+# On CPU, vmapping the clients pays off for small local batches, where the per-call overhead of
+# a loop dominates (LeNet, 100 clients: ~5x faster at batch 1, ~2.5x at 4, ~1.5x at 8), and
+# not for large ones, where the loop already runs at the arithmetic floor (batch 32: ~1.4x
+# slower). Measured by benchmarks/simulator.py; see docs/simulator.md.
+VMAP_MAX_BATCH = 8
+
+
+class SimulationConfig(BaseModel):
+    """Everything :func:`~gradguard.fl.simulate` needs; bad values fail here, before any data loads.
+
+    FedSGD: each sampled client sends the gradient of one local batch and the server takes one
+    step of size ``lr``. FedAvg: each sampled client runs ``local_steps`` SGD steps (or, when
+    ``local_steps`` is None, ``local_epochs`` passes over its data) and sends its update.
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    dataset: str = "mnist-sample"
+    data_root: Path | None = None
+    download: bool = Field(False, description="let torchvision download missing dataset files")
+    model: str = "lenet"
+    model_options: dict[str, Any] | None = Field(None, description="options for the model class; "
+                                                "None means TRAINING_MODEL_OPTIONS for that model")
+    defense: str = "none"
+    defense_options: dict[str, Any] = Field(default_factory=dict)
+    algorithm: Literal["fedsgd", "fedavg"] = "fedavg"
+    clients: int = Field(10, ge=1, description="number of clients the training set is split among")
+    fraction: float = Field(1.0, gt=0.0, le=1.0, description="share of clients sampled each round")
+    batch_size: int = Field(32, ge=1)
+    lr: float = Field(0.1, gt=0.0, description="client learning rate (FedAvg) or server step size (FedSGD)")
+    rounds: int = Field(10, ge=1)
+    local_epochs: int = Field(1, ge=1, description="FedAvg passes over the local data per round")
+    local_steps: int | None = Field(None, ge=1, description="FedAvg local SGD steps per round; overrides local_epochs")
+    partition: Literal["iid", "dirichlet"] = "iid"
+    alpha: float = Field(0.5, gt=0.0, description="Dirichlet concentration (partition='dirichlet')")
+    eval_every: int = Field(1, ge=1, description="evaluate the global model every this many rounds (and after the last)")
+    seed: int = 0
+    reproducible_noise: bool = Field(False, description="derive the defense's noise from (seed, client, round) "
+                                                        "instead of OS entropy")
+    vectorize: bool | Literal["auto"] = Field("auto", description="train the clients of a round as one vmapped "
+                                              "computation; auto: when batch_size <= VMAP_MAX_BATCH")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _default_model_options(cls, data: Any) -> Any:
+        if isinstance(data, dict) and data.get("model_options") is None:
+            data = {**data, "model_options": dict(TRAINING_MODEL_OPTIONS.get(data.get("model", "lenet"), {}))}
+        return data
+
+    @field_validator("model")
+    @classmethod
+    def _known_model(cls, name: str) -> str:
+        if name not in MODELS:
+            raise ValueError(f"unknown model {name!r}; choose one of {sorted(MODELS)}")
+        return name
+
+    @field_validator("defense")
+    @classmethod
+    def _known_defense(cls, name: str) -> str:
+        if name not in DEFENSES:
+            raise ValueError(f"unknown defense {name!r}; choose one of {sorted(DEFENSES)}")
+        return name
+
+    @field_validator("defense_options")
+    @classmethod
+    def _valid_defense_options(cls, options: dict[str, Any], info: ValidationInfo) -> dict[str, Any]:
+        defense = info.data.get("defense")
+        if defense is not None:  # None: the defense name itself was invalid, already reported
+            try:
+                DEFENSES[defense].Config(**options)
+            except ValidationError as exc:
+                raise ValueError(f"not valid for defense {defense!r}: " + "; ".join(
+                    f"{'.'.join(map(str, e['loc']))}={e.get('input')!r}: {e['msg']}" for e in exc.errors())) from None
+        return options
+
+    @model_validator(mode="after")
+    def _steps_only_for_fedavg(self) -> "SimulationConfig":
+        if self.algorithm == "fedsgd" and self.local_steps not in (None, 1):
+            raise ValueError(f"local_steps={self.local_steps}: FedSGD takes exactly one local gradient; "
+                             "use algorithm='fedavg' for several local steps")
+        return self
+
+    @property
+    def vectorized(self) -> bool:
+        """Whether the clients run vmapped (resolving ``vectorize="auto"``)."""
+        return self.batch_size <= VMAP_MAX_BATCH if self.vectorize == "auto" else self.vectorize
+
+    @property
+    def clients_per_round(self) -> int:
+        """How many clients each round samples: round(fraction * clients), at least one."""
+        return max(1, round(self.fraction * self.clients))
