@@ -36,7 +36,7 @@ KNOBS: dict[str, Knob] = {
     "gc": Knob(option="percentile", low=0.1, high=0.999, scale=100.0),
     "dp-gaussian": Knob(option="sigma", low=1e-4, high=1.0),
     "dp-laplace": Knob(option="scale", low=1e-4, high=1.0),
-    "soteria": Knob(option="percent", low=0.01, high=0.99, scale=100.0),
+    "soteria": Knob(option="percentile", low=0.01, high=0.99, scale=100.0),
 }
 
 # Columns of the privacy table; "soteria-muted" is soteria attacked with its layer muted.
