@@ -7,8 +7,10 @@ The public API, re-exported here:
 - models: :func:`build_model`, :func:`model_for`
 - gradients: :func:`batch_gradient`, :func:`per_sample_gradients`
 - metrics: :func:`psnr`, :func:`ssim`, :func:`score_reconstruction`, :func:`label_accuracy`
+- attacks: :class:`Attack` (``Attack.from_config("dlg").reconstruct(...)``), :data:`ATTACKS`
 """
 
+from .attacks import ATTACKS, Attack, AttackConfig, Reconstruction
 from .data import ImageDataset, load_dataset, partition_dirichlet, partition_iid
 from .errors import ConfigError, DatasetFormatError, DatasetNotFoundError, GradguardError
 from .grads import batch_gradient, per_sample_gradients
@@ -18,6 +20,7 @@ from .models import build_model, model_for
 __version__ = "0.1.0"
 
 __all__ = [
+    "ATTACKS", "Attack", "AttackConfig", "Reconstruction",
     "ConfigError", "DatasetFormatError", "DatasetNotFoundError", "GradguardError", "ImageDataset",
     "batch_gradient", "build_model", "label_accuracy", "load_dataset", "model_for", "partition_dirichlet",
     "partition_iid", "per_sample_gradients", "psnr", "score_reconstruction", "ssim",

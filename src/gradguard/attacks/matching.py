@@ -116,13 +116,19 @@ class GradientMatcher:
     """The objective of T targets: distance(gradient of the dummy batch, observed) + TV.
 
     ``observed`` holds one tensor per parameter with a leading target axis; ``weights`` comes
-    from :func:`matching_weights`. Muted tensors are neither differentiated nor compared. The
-    matcher works on its own copy of the model, so a model in train mode (BatchNorm) updates
-    the copy's buffers, never the caller's.
+    from :func:`matching_weights`. Muted tensors are neither differentiated nor compared.
+
+    The matcher works on its own copy of the model whose BatchNorm layers do not track running
+    statistics: in train mode they still normalise with batch statistics (the same outputs and
+    gradients as the client's forward pass), but they no longer update buffers in place, which
+    the caller's model must not see and which function transforms cannot batch.
     """
 
     def __init__(self, model: nn.Module, observed: Sequence[Tensor], weights: Sequence[Weight], config: AttackConfig):
         self.model = copy.deepcopy(model)
+        for module in self.model.modules():
+            if isinstance(module, nn.modules.batchnorm._BatchNorm):
+                module.track_running_stats = False
         named = [(n, p) for n, p in self.model.named_parameters() if p.requires_grad]
         kept = [i for i, w in enumerate(weights) if w is not None]
         self.targets = observed[0].shape[0]
@@ -131,21 +137,19 @@ class GradientMatcher:
         self.kept_params = [named[i][1] for i in kept]
         self.kept = {named[i][0]: named[i][1].detach() for i in kept}
         self.frozen = {n: p.detach() for i, (n, p) in enumerate(named) if i not in kept}
-        self.target_buffers = {n: b.detach().expand(self.targets, *b.shape).clone()
-                               for n, b in self.model.named_buffers()}
-        self._vmapped = vmap(grad(self._functional_loss), in_dims=(None, 0, 0, 0))
+        self._vmapped = vmap(grad(self._functional_loss), in_dims=(None, 0, 0))
 
     @staticmethod
     def _loss(logits: Tensor, labels: Tensor) -> Tensor:
         return soft_cross_entropy(logits, labels) if labels.is_floating_point() else F.cross_entropy(logits, labels)
 
-    def _functional_loss(self, kept: dict[str, Tensor], images: Tensor, labels: Tensor, buffers: dict[str, Tensor]):
-        return self._loss(functional_call(self.model, ({**kept, **self.frozen}, buffers), (images,)), labels)
+    def _functional_loss(self, kept: dict[str, Tensor], images: Tensor, labels: Tensor):
+        return self._loss(functional_call(self.model, {**kept, **self.frozen}, (images,)), labels)
 
     def parameter_gradients(self, images: Tensor, labels: Tensor) -> list[Tensor]:
         """Gradient of each target's loss w.r.t. the kept parameters, differentiable w.r.t. the dummies."""
         if self.targets > 1:
-            return list(self._vmapped(self.kept, images, labels, self.target_buffers).values())
+            return list(self._vmapped(self.kept, images, labels).values())
         loss = self._loss(self.model(images[0]), labels[0])
         return [g.unsqueeze(0) for g in torch.autograd.grad(loss, self.kept_params, create_graph=True)]
 

@@ -80,14 +80,16 @@ def _build_model(data, args):
 
 
 def _observe(model, data, index, defense, generator):
-    """What the attacker sees: each target batch's (defended) gradient."""
+    """What the attacker sees: each target batch's (defended) gradient. Per-sample gradients are
+    computed only for defenses that read the batch (``needs_batch``)."""
     from ..defenses import DefenseContext
     from ..grads import batch_gradient, per_sample_gradients
 
     observed = []
     for rows in index:
         x, y = data.x_train[rows], data.y_train[rows]
-        context = DefenseContext(model=model, x=x, y=y, generator=generator, per_sample=per_sample_gradients(model, x, y),
+        per_sample = per_sample_gradients(model, x, y) if defense.needs_batch else None
+        context = DefenseContext(model=model, x=x, y=y, generator=generator, per_sample=per_sample,
                                  local_data=(data.x_train, data.y_train))
         observed.append([g.detach() for g in defense.defend(batch_gradient(model, x, y), context)])
     return observed
