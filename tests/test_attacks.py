@@ -232,3 +232,18 @@ def test_dlg_recovers_undefended_lenet_images(data, lenet):
     images = torch.cat([r.images for r in results])
     scores = score_reconstruction(images, x, matched=False)
     assert int((scores.psnr >= 30).sum()) >= 3, scores.psnr.tolist()
+
+
+def test_batchnorm_models_attack_batched_and_leave_the_model_untouched(data):
+    torch.manual_seed(0)  # noqa: the model's own init
+    model = model_for(data, "convnet", width=2)
+    index = first_of_each_class(data, [1, 7])
+    observed = gradients(model, data.x_train[index], data.y_train[index])
+    before = {n: b.clone() for n, b in model.named_buffers()}
+    attack = Attack.from_config("gia", iterations=2, restarts=1)
+    together = attack.reconstruct_many(model, observed, (1, 28, 28), 1, generator=torch.Generator().manual_seed(4))
+    gen = torch.Generator().manual_seed(4)
+    alone = [attack.reconstruct(model, o, (1, 28, 28), 1, generator=gen) for o in observed]
+    for a, b in zip(together, alone):
+        torch.testing.assert_close(a.images, b.images, atol=1e-4, rtol=0)
+    assert all(torch.equal(before[n], b) for n, b in model.named_buffers())

@@ -7,10 +7,14 @@ The public API, re-exported here:
 - models: :func:`build_model`, :func:`model_for`
 - gradients: :func:`batch_gradient`, :func:`per_sample_gradients`
 - metrics: :func:`psnr`, :func:`ssim`, :func:`score_reconstruction`, :func:`label_accuracy`
+- attacks: :class:`Attack` (``Attack.from_config("dlg").reconstruct(...)``), :data:`ATTACKS`
+- defenses: :class:`Defense` (``Defense.from_config("graddefense").defend(...)``), :data:`DEFENSES`
 - federated simulation: :func:`simulate`, :class:`SimulationConfig`, :class:`History`
 """
 
+from .attacks import ATTACKS, Attack, AttackConfig, Reconstruction
 from .data import ImageDataset, load_dataset, partition_dirichlet, partition_iid
+from .defenses import DEFENSES, Compensator, Defense, DefenseContext
 from .errors import ConfigError, DatasetFormatError, DatasetNotFoundError, GradguardError
 from .fl import History, SimulationConfig, simulate
 from .grads import batch_gradient, per_sample_gradients
@@ -20,8 +24,9 @@ from .models import build_model, model_for
 __version__ = "0.1.0"
 
 __all__ = [
-    "ConfigError", "DatasetFormatError", "DatasetNotFoundError", "GradguardError", "History", "ImageDataset",
-    "SimulationConfig",
-    "batch_gradient", "build_model", "label_accuracy", "load_dataset", "model_for", "partition_dirichlet",
-    "partition_iid", "per_sample_gradients", "psnr", "score_reconstruction", "simulate", "ssim",
+    "ATTACKS", "Attack", "AttackConfig", "Compensator", "ConfigError", "DEFENSES", "DatasetFormatError",
+    "DatasetNotFoundError", "Defense", "DefenseContext", "GradguardError", "History", "ImageDataset",
+    "Reconstruction", "SimulationConfig", "batch_gradient", "build_model", "label_accuracy", "load_dataset",
+    "model_for", "partition_dirichlet", "partition_iid", "per_sample_gradients", "psnr", "score_reconstruction",
+    "simulate", "ssim",
 ]

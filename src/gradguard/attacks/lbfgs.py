@@ -31,6 +31,12 @@ TOLERANCE_CHANGE = 1e-9
 CURVATURE_EPS = 1e-10
 
 
+def _dots(pairs: Tensor, v: Tensor) -> Tensor:
+    """(T, m) dot products of each stored vector with v (T, n). Written as a row vector times
+    the transposed stack: a batched GEMV as ``bmm(pairs, v)`` is about 50x slower on CPU."""
+    return torch.bmm(v.unsqueeze(1), pairs.mT).squeeze(1)
+
+
 class CompactHistory:
     """The last ``size`` curvature pairs of T targets, kept in circular slots."""
 
@@ -51,9 +57,9 @@ class CompactHistory:
         keep = accept.to(s.dtype)[:, None]
         self.s[self._rows, slot] = s * keep
         self.y[self._rows, slot] = y * keep
-        s_dot_y = torch.bmm(self.s, y.unsqueeze(-1)).squeeze(-1) * keep  # s_i . y_new
-        y_dot_s = torch.bmm(self.y, s.unsqueeze(-1)).squeeze(-1) * keep  # y_i . s_new
-        y_dot_y = torch.bmm(self.y, y.unsqueeze(-1)).squeeze(-1) * keep
+        s_dot_y = _dots(self.s, y) * keep  # s_i . y_new
+        y_dot_s = _dots(self.y, s) * keep  # y_i . s_new
+        y_dot_y = _dots(self.y, y) * keep
         self.sy[self._rows, :, slot] = s_dot_y
         self.sy[self._rows, slot, :] = y_dot_s
         self.yy[self._rows, :, slot] = y_dot_y
@@ -66,8 +72,8 @@ class CompactHistory:
         """H g for every target, H the L-BFGS inverse-Hessian approximation."""
         t, m = self.s.shape[:2]
         order = (self.count[:, None] + torch.arange(m, device=g.device)) % m  # oldest slot first
-        a_slot = torch.bmm(self.s, g.unsqueeze(-1)).squeeze(-1)
-        b = torch.bmm(self.y, g.unsqueeze(-1)).squeeze(-1).gather(1, order)
+        a_slot = _dots(self.s, g)
+        b = _dots(self.y, g).gather(1, order)
         a = a_slot.gather(1, order)
         rows, cols = order[:, :, None].expand(t, m, m), order[:, None, :].expand(t, m, m)
         sy = self.sy.gather(1, rows).gather(2, cols)

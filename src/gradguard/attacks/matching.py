@@ -10,7 +10,8 @@ keeps a single attack as fast as a hand-written loop. Both paths share the dista
 
 from __future__ import annotations
 
-from typing import Callable, Sequence, Union
+import copy
+from typing import Sequence, Union
 
 import torch
 import torch.nn.functional as F
@@ -71,23 +72,31 @@ def _weighted_sum(values: Tensor, weight: Weight) -> Tensor:
     return total * weight if isinstance(weight, float) and weight != 1.0 else total
 
 
-def l2_distance(trial: Sequence[Tensor], observed: Sequence[Tensor], weights: Sequence[Weight]) -> Tensor:
+class L2Distance:
     """DLG: sum of squared differences, per target."""
-    return sum(_weighted_sum((t - o).square(), w) for t, o, w in zip(trial, observed, weights))
+
+    def __init__(self, observed: Sequence[Tensor], weights: Sequence[Weight]):
+        self.observed, self.weights = list(observed), list(weights)
+
+    def __call__(self, trial: Sequence[Tensor]) -> Tensor:
+        return sum(_weighted_sum((t - o).square(), w) for t, o, w in zip(trial, self.observed, self.weights))
 
 
-def cosine_distance(trial: Sequence[Tensor], observed: Sequence[Tensor], weights: Sequence[Weight]) -> Tensor:
-    """Inverting Gradients: 1 - cosine similarity of the whole (weighted) gradients, per target."""
-    dot = sum(_weighted_sum(t * o, w) for t, o, w in zip(trial, observed, weights))
-    trial_norm = sum(_weighted_sum(t.square(), w) for t, w in zip(trial, weights)).sqrt()
-    observed_norm = sum(_weighted_sum(o.square(), w) for o, w in zip(observed, weights)).sqrt()
-    return 1.0 - dot / (trial_norm * observed_norm).clamp_min(1e-30)
+class CosineDistance:
+    """Inverting Gradients: 1 - cosine similarity of the whole (weighted) gradients, per target.
+    The observed gradient's norm is computed once."""
+
+    def __init__(self, observed: Sequence[Tensor], weights: Sequence[Weight]):
+        self.observed, self.weights = list(observed), list(weights)
+        self.observed_norm = sum(_weighted_sum(o.square(), w) for o, w in zip(observed, weights)).sqrt()
+
+    def __call__(self, trial: Sequence[Tensor]) -> Tensor:
+        dot = sum(_weighted_sum(t * o, w) for t, o, w in zip(trial, self.observed, self.weights))
+        trial_norm = sum(_weighted_sum(t.square(), w) for t, w in zip(trial, self.weights)).sqrt()
+        return 1.0 - dot / (trial_norm * self.observed_norm).clamp_min(1e-30)
 
 
-DISTANCES: dict[str, Callable[[Sequence[Tensor], Sequence[Tensor], Sequence[Weight]], Tensor]] = {
-    "l2": l2_distance,
-    "cosine": cosine_distance,
-}
+DISTANCES = {"l2": L2Distance, "cosine": CosineDistance}
 
 
 def total_variation(images: Tensor) -> Tensor:
@@ -108,41 +117,46 @@ class GradientMatcher:
 
     ``observed`` holds one tensor per parameter with a leading target axis; ``weights`` comes
     from :func:`matching_weights`. Muted tensors are neither differentiated nor compared.
+
+    The matcher works on its own copy of the model whose BatchNorm layers do not track running
+    statistics: in train mode they still normalise with batch statistics (the same outputs and
+    gradients as the client's forward pass), but they no longer update buffers in place, which
+    the caller's model must not see and which function transforms cannot batch.
     """
 
     def __init__(self, model: nn.Module, observed: Sequence[Tensor], weights: Sequence[Weight], config: AttackConfig):
-        named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+        self.model = copy.deepcopy(model)
+        for module in self.model.modules():
+            if isinstance(module, nn.modules.batchnorm._BatchNorm):
+                module.track_running_stats = False
+        named = [(n, p) for n, p in self.model.named_parameters() if p.requires_grad]
         kept = [i for i, w in enumerate(weights) if w is not None]
-        self.model = model
         self.targets = observed[0].shape[0]
-        self.distance = DISTANCES[config.distance]
+        self.distance = DISTANCES[config.distance]([observed[i] for i in kept], [weights[i] for i in kept])
         self.tv_weight = config.tv_weight
-        self.observed = [observed[i] for i in kept]
-        self.weights = [weights[i] for i in kept]
-        self.kept = {named[i][0]: named[i][1].detach().requires_grad_() for i in kept}
+        self.kept_params = [named[i][1] for i in kept]
+        self.kept = {named[i][0]: named[i][1].detach() for i in kept}
         self.frozen = {n: p.detach() for i, (n, p) in enumerate(named) if i not in kept}
-        buffers = {n: b.detach() for n, b in model.named_buffers()}
-        # Copies: a model in train mode (BatchNorm) updates its buffers, never the caller's.
-        self.buffers = {n: b.clone() for n, b in buffers.items()}
-        self.target_buffers = {n: b.expand(self.targets, *b.shape).clone() for n, b in buffers.items()}
-        self._vmapped = vmap(grad(self._target_loss), in_dims=(None, 0, 0, 0))
+        self._vmapped = vmap(grad(self._functional_loss), in_dims=(None, 0, 0))
 
-    def _target_loss(self, kept: dict[str, Tensor], images: Tensor, labels: Tensor, buffers: dict[str, Tensor]):
-        logits = functional_call(self.model, ({**kept, **self.frozen}, buffers), (images,))
+    @staticmethod
+    def _loss(logits: Tensor, labels: Tensor) -> Tensor:
         return soft_cross_entropy(logits, labels) if labels.is_floating_point() else F.cross_entropy(logits, labels)
+
+    def _functional_loss(self, kept: dict[str, Tensor], images: Tensor, labels: Tensor):
+        return self._loss(functional_call(self.model, {**kept, **self.frozen}, (images,)), labels)
 
     def parameter_gradients(self, images: Tensor, labels: Tensor) -> list[Tensor]:
         """Gradient of each target's loss w.r.t. the kept parameters, differentiable w.r.t. the dummies."""
         if self.targets > 1:
-            return list(self._vmapped(self.kept, images, labels, self.target_buffers).values())
-        loss = self._target_loss(self.kept, images[0], labels[0], self.buffers)
-        grads = torch.autograd.grad(loss, list(self.kept.values()), create_graph=True)
-        return [g.unsqueeze(0) for g in grads]
+            return list(self._vmapped(self.kept, images, labels).values())
+        loss = self._loss(self.model(images[0]), labels[0])
+        return [g.unsqueeze(0) for g in torch.autograd.grad(loss, self.kept_params, create_graph=True)]
 
     def objective(self, images: Tensor, labels: Tensor) -> tuple[Tensor, Tensor]:
         """(objective, gradient distance), each of shape (T,). ``images`` is (T, B, C, H, W);
         ``labels`` is (T, B) class indices or (T, B, classes) soft-label logits."""
-        distance = self.distance(self.parameter_gradients(images, labels), self.observed, self.weights)
+        distance = self.distance(self.parameter_gradients(images, labels))
         if self.tv_weight:
             return distance + self.tv_weight * total_variation(images), distance
         return distance, distance

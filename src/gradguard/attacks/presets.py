@@ -6,8 +6,8 @@
 - ``gia``: Geiping, Bauermeister, Droege, Moeller, "Inverting Gradients", NeurIPS 2020, and
   its inversefed code: 1 - cosine similarity over all gradient tensors, Adam lr 0.1 on signed
   gradients, lr x0.1 at 3/8, 5/8, 7/8 of 4,800 iterations, images boxed to [0, 1], randn
-  start, total variation, restarts scored by the matching loss, labels recovered as in iDLG at
-  batch size 1 and given otherwise.
+  start, total variation 0.1 (inversefed's DEFAULT_CONFIG; pixel space here), restarts scored
+  by the matching loss, labels recovered as in iDLG at batch size 1 and given otherwise.
 - ``soteria-muted``: ``dlg`` with the last linear layer's weight gradient left out of the
   matching, the adaptive attack that ignores what Soteria perturbs.
 """
@@ -20,7 +20,7 @@ DLG = AttackConfig(distance="l2", optimizer="lbfgs", lr=1.0, iterations=300, lbf
                    labels="learned", init="randn", tv_weight=0.0)
 
 GIA = AttackConfig(distance="cosine", optimizer="adam", lr=0.1, signed=True, iterations=4800,
-                   milestones=[3 / 8, 5 / 8, 7 / 8], gamma=0.1, boxed=True, init="randn", tv_weight=1e-4,
+                   milestones=[3 / 8, 5 / 8, 7 / 8], gamma=0.1, boxed=True, init="randn", tv_weight=0.1,
                    restarts=2, labels="idlg-or-given")
 
 ATTACKS: dict[str, AttackConfig] = {

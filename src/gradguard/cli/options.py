@@ -27,3 +27,28 @@ def add_seed_option(p: argparse.ArgumentParser) -> None:
 
 def add_out_option(p: argparse.ArgumentParser, default: str) -> None:
     p.add_argument("--out", type=Path, default=Path(default), help="output folder")
+
+
+def parse_value(text: str) -> bool | int | float | str:
+    """A command-line option value: true/false, then int, then float, else the string itself."""
+    if text.lower() in ("true", "false"):
+        return text.lower() == "true"
+    for kind in (int, float):
+        try:
+            return kind(text)
+        except ValueError:
+            pass
+    return text
+
+
+def parse_key_values(pairs: list[str] | None, what: str) -> dict[str, bool | int | float | str]:
+    """``["sigma=0.1", "k=3"]`` -> ``{"sigma": 0.1, "k": 3}``; ``what`` names the option in errors."""
+    from ..errors import ConfigError
+
+    options = {}
+    for pair in pairs or []:
+        key, sep, value = pair.partition("=")
+        if not sep or not key:
+            raise ConfigError(f"{what}: expected KEY=VALUE, got {pair!r}")
+        options[key.strip().replace("-", "_")] = parse_value(value.strip())
+    return options
