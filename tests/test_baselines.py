@@ -86,3 +86,17 @@ def test_dpsgd_clips_each_sample_and_reports_falling_epsilon(small_lenet):
 def test_dpsgd_accounting_helpers_agree():
     z = noise_for_epsilon(2.0, sample_rate=0.01, steps=1000, delta=1e-5)
     assert abs(epsilon_after(z, 0.01, 1000, 1e-5) - 2.0) < 0.05
+
+
+def test_cli_options_build_a_validated_defense():
+    from gradguard.defenses.options import defense_from_cli, parse_options
+
+    defense = defense_from_cli("graddefense", ["sigma=0.2", "slices=8", "chosen=3", "clip=none", "refresh-every=5"])
+    assert (defense.config.sigma, defense.config.slices, defense.config.chosen) == (0.2, 8, 3)
+    assert defense.config.clip is None and defense.config.refresh_every == 5
+    with pytest.raises(ValueError, match="key=value"):
+        parse_options(["sigma"])
+    with pytest.raises(ValueError, match="sigma"):
+        defense_from_cli("graddefense", ["sigma=-1"])
+    with pytest.raises(ValueError, match="unknown name"):
+        defense_from_cli("nope")
