@@ -115,3 +115,4 @@ def test_history_round_trips_through_json_and_csv(tiny_mnist, tmp_path):
     lines = (tmp_path / "h.csv").read_text().splitlines()
     assert lines[0].startswith("round,client_s,defense_s,server_s,accuracy,loss") and len(lines) == 3
     assert history.art == pytest.approx(sum(r.seconds for r in history.rounds) / 2)
+    assert history.overhead(history) == 0
