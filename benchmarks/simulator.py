@@ -39,7 +39,7 @@ PAPER = dict(model="lenet", algorithm="fedavg", clients=100, fraction=0.1, batch
 PAPER_PER_DATASET = {
     "mnist": dict(rounds=60, lr=0.1),
     "fashion-mnist": dict(rounds=60, lr=0.1),
-    "cifar10": dict(rounds=100, lr=0.1),
+    "cifar10": dict(rounds=450, lr=0.1),
 }
 TARGETS = {"mnist": 0.90, "fashion-mnist": 0.80, "cifar10": 0.50}
 

@@ -115,3 +115,14 @@ def test_history_round_trips_through_json_and_csv(tiny_mnist, tmp_path):
     lines = (tmp_path / "h.csv").read_text().splitlines()
     assert lines[0].startswith("round,client_s,defense_s,server_s,accuracy,loss") and len(lines) == 3
     assert history.art == pytest.approx(sum(r.seconds for r in history.rounds) / 2)
+    assert history.overhead(history) == 0
+
+
+def test_batchnorm_models_train_looped_and_average_their_running_statistics(tiny_mnist):
+    config = SimulationConfig(dataset=tiny_mnist, model="convnet", model_options={"width": 4}, clients=3,
+                              rounds=1, batch_size=4, local_steps=2, vectorize=True)
+    history = simulate(config)
+    assert history.trainer == "looped"  # vmap cannot update BatchNorm running statistics
+    running_mean = history.final_state["body.1.running_mean"]
+    assert not torch.equal(running_mean, torch.zeros_like(running_mean))
+    assert history.final_accuracy is not None

@@ -32,14 +32,18 @@ Params = dict[str, Tensor]
 @dataclass
 class ClientJob:
     """One sampled client's work in one round: its local batches (dataset indices, one tensor
-    per local step), its defense generator, and its sample count (the aggregation weight)."""
+    per local step), its defense generator, and the indices of all its data."""
 
     client: int
     round: int
     batches: list[Tensor]
     generator: torch.Generator
-    num_samples: int
     data_indices: Tensor
+
+    @property
+    def num_samples(self) -> int:
+        """The client's sample count, its aggregation weight."""
+        return len(self.data_indices)
 
     @property
     def signature(self) -> tuple[int, ...]:

@@ -113,7 +113,7 @@ def client_jobs(config: SimulationConfig, parts: list[Tensor], clients: list[int
             batches = local_batches(parts[c], config.batch_size, config.local_steps, gen)
         else:
             batches = epoch_batches(parts[c], config.batch_size, config.local_epochs, gen)
-        jobs.append(ClientJob(c, round, batches, noise_generator(config, c, round), len(parts[c]), parts[c]))
+        jobs.append(ClientJob(c, round, batches, noise_generator(config, c, round), parts[c]))
     return jobs
 
 
