@@ -53,6 +53,10 @@ class DefenseSettings(BaseModel):
         if SEED_KEY in shared:
             raise ConfigError(f"{SEED_KEY}: a noise seed the server knows defeats the defense; "
                               "set it per client in the node config (flower-supernode --node-config)")
+        shared = {k: v for k, v in shared.items() if k.startswith(PREFIX)}
+        if private.get(PREFIX + "defense", shared.get(PREFIX + "defense")) != shared.get(PREFIX + "defense"):
+            # The client pinned another defense: the server's options were meant for its own.
+            shared = {k: v for k, v in shared.items() if not k.startswith(OPTIONS_PREFIX)}
         merged = {k: v for k, v in {**shared, **private}.items() if k.startswith(PREFIX)}
         fields: dict[str, Any] = {"options": {}}
         for key, value in merged.items():
