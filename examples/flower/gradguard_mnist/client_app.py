@@ -20,9 +20,10 @@ def train(msg: Message, context: Context) -> Message:
     model = task.build_model()
     model.load_state_dict(msg.content["arrays"].to_torch_state_dict())
     x, y = task.local_data(context)
-    config, server_round = task.run_config(context), int(msg.content["config"]["server-round"])
+    config = msg.content["config"]  # the server sends the round's hyperparameters
     loss = task.train(model, x, y, lr=float(config["lr"]), steps=int(config["local-steps"]),
-                      batch_size=int(config["batch-size"]), generator=task.batch_generator(context, server_round))
+                      batch_size=int(config["batch-size"]),
+                      generator=task.batch_generator(context, int(config["server-round"])))
     content = RecordDict({"arrays": ArrayRecord(model.state_dict()),
                           "metrics": MetricRecord({"train-loss": loss, "num-examples": len(y)})})
     return Message(content=content, reply_to=msg)

@@ -33,8 +33,9 @@ def federate(grid: Grid, config: dict) -> Result:
     # The clients defend (global - local) / (lr * steps): their mean gradient over the round.
     strategy = DefendedStrategy(fedavg, settings.defense, scale=float(config["lr"]) * int(config["local-steps"]),
                                 keys=param_names(model), **settings.options)
+    train_config = ConfigRecord({k: config[k] for k in ("lr", "local-steps", "batch-size")})
     return strategy.start(grid=grid, initial_arrays=ArrayRecord(model.state_dict()),
-                          num_rounds=int(config["num-server-rounds"]), train_config=ConfigRecord(),
+                          num_rounds=int(config["num-server-rounds"]), train_config=train_config,
                           evaluate_fn=central_evaluate)
 
 

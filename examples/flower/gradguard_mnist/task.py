@@ -16,7 +16,8 @@ DATASET = "mnist-sample"
 PARTITION_SEED = 0  # the same on every node, so the partitions are disjoint
 
 # The run config's defaults; the same keys as [tool.flwr.app.config] in pyproject.toml, which
-# `flwr run` reads (run_simulation passes no run config, so the apps fall back to these).
+# `flwr run` reads (run_simulation passes no run config, so the ServerApp falls back to these).
+# batch-size 0 means full-batch local steps (FedSGD with local-steps = 1).
 DEFAULTS = {"num-server-rounds": 3, "min-nodes": 2, "lr": 0.1, "local-steps": 10, "batch-size": 32,
             "result-file": "", "gradguard.defense": "none"}
 
@@ -45,11 +46,11 @@ def build_model(seed: int = 0) -> nn.Module:
 def local_data(context: Context) -> tuple[Tensor, Tensor]:
     """This node's IID share of the training set, chosen by its ``partition-id`` node config."""
     part, parts = int(context.node_config["partition-id"]), int(context.node_config["num-partitions"])
-    return _partition(part, parts)
+    return partition(part, parts)
 
 
 @lru_cache(maxsize=64)
-def _partition(part: int, parts: int) -> tuple[Tensor, Tensor]:
+def partition(part: int, parts: int) -> tuple[Tensor, Tensor]:
     data = dataset()
     index = gradguard.partition_iid(len(data.y_train), parts, torch.Generator().manual_seed(PARTITION_SEED))[part]
     return data.x_train[index], data.y_train[index]
@@ -57,11 +58,12 @@ def _partition(part: int, parts: int) -> tuple[Tensor, Tensor]:
 
 def train(model: nn.Module, x: Tensor, y: Tensor, *, lr: float, steps: int, batch_size: int,
           generator: torch.Generator) -> float:
-    """``steps`` steps of minibatch SGD; returns the mean training loss."""
+    """``steps`` steps of minibatch SGD (full batch when ``batch_size`` is 0); returns the mean
+    training loss."""
     optimizer = torch.optim.SGD(model.parameters(), lr=lr)
     total = 0.0
     for _ in range(steps):
-        batch = torch.randint(0, len(y), (batch_size,), generator=generator)
+        batch = torch.randint(0, len(y), (batch_size,), generator=generator) if batch_size else slice(None)
         optimizer.zero_grad()
         loss = F.cross_entropy(model(x[batch]), y[batch])
         loss.backward()
