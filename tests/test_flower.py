@@ -320,6 +320,52 @@ def _stop(processes: list[subprocess.Popen]) -> None:
             pass
 
 
+def _started_with(argument: str) -> list[int]:
+    """Pids of processes whose command line contains ``argument`` (a path unique to one test)."""
+    pids = []
+    for cmdline in Path("/proc").glob("[0-9]*/cmdline"):
+        try:
+            if argument in cmdline.read_bytes().decode(errors="replace"):
+                pids.append(int(cmdline.parent.name))
+        except OSError:
+            continue
+    return pids
+
+
+def _kill_tree(pid: int) -> None:
+    for target in [*_descendants(pid), pid]:
+        try:
+            os.kill(target, 9)
+        except ProcessLookupError:
+            pass
+
+
+def _flower_env(home: Path, **extra: str) -> dict[str, str]:
+    return {**os.environ, "FLWR_HOME": str(home), "FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION": "1",
+            "PATH": f"{FLWR_BIN}{os.pathsep}{os.environ.get('PATH', '')}",
+            "PYTHONPATH": os.pathsep.join([str(ROOT / "src"), os.environ.get("PYTHONPATH", "")]), **extra}
+
+
+@pytest.mark.slow
+def test_flwr_run_runs_the_example_app_in_the_local_simulation(tmp_path):
+    """`flwr run <example>` as the README says: Flower starts a background SuperLink in simulation
+    mode (on free ports here), which the test stops by pid afterwards."""
+    home = tmp_path / "flwr-home"
+    env = _flower_env(home, FLWR_LOCAL_SUPERLINK_HTTP_API_PORT=str(_free_port()),
+                      FLWR_LOCAL_CONTROL_API_PORT=str(_free_port()))
+    result_file = tmp_path / "result.json"
+    try:
+        run = subprocess.run([str(FLWR_BIN / "flwr"), "run", str(EXAMPLE), "--stream", "--run-config",
+                              f'num-server-rounds=1 result-file="{result_file}"'],
+                             env=env, cwd=tmp_path, capture_output=True, text=True, timeout=400)
+        assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
+        accuracy = json.loads(result_file.read_text())["accuracy"]
+        assert accuracy["1"] > accuracy["0"]
+    finally:
+        for pid in _started_with(str(home)):  # the background SuperLink logs into our FLWR_HOME
+            _kill_tree(pid)
+
+
 @pytest.mark.slow
 def test_loopback_deployment_runs_the_example_app(tmp_path):
     """One SuperLink and two SuperNodes as processes on 127.0.0.1, the example app run on them
@@ -329,9 +375,7 @@ def test_loopback_deployment_runs_the_example_app(tmp_path):
     link, nodes = _free_port(), [_free_port(), _free_port()]
     (home / "config.toml").write_text(
         f'[superlink]\ndefault = "loopback"\n\n[superlink.loopback]\naddress = "127.0.0.1:{link}"\ninsecure = true\n')
-    env = {**os.environ, "FLWR_HOME": str(home), "FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION": "1",
-           "PATH": f"{FLWR_BIN}{os.pathsep}{os.environ.get('PATH', '')}",
-           "PYTHONPATH": os.pathsep.join([str(ROOT / "src"), os.environ.get("PYTHONPATH", "")])}
+    env = _flower_env(home)
     logs = tmp_path / "logs"
     logs.mkdir()
     processes: list[subprocess.Popen] = []
