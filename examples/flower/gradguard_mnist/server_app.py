@@ -24,15 +24,20 @@ def central_evaluate(server_round: int, arrays: ArrayRecord) -> MetricRecord:
     return MetricRecord({"loss": loss, "accuracy": accuracy})
 
 
-def federate(grid: Grid, config: dict) -> Result:
-    """Run FedAvg with the defense named by the ``gradguard.*`` keys of ``config``."""
+def make_strategy(config: dict) -> DefendedStrategy:
+    """FedAvg wrapped with the defense named by the ``gradguard.*`` keys of ``config``."""
     settings = DefenseSettings.from_configs(config, {})
-    model = task.build_model()
     fedavg = FedAvg(fraction_evaluate=0.0, min_train_nodes=int(config["min-nodes"]),
                     min_available_nodes=int(config["min-nodes"]))
     # The clients defend (global - local) / (lr * steps): their mean gradient over the round.
-    strategy = DefendedStrategy(fedavg, settings.defense, scale=float(config["lr"]) * int(config["local-steps"]),
-                                keys=param_names(model), **settings.options)
+    return DefendedStrategy(fedavg, settings.defense, scale=float(config["lr"]) * int(config["local-steps"]),
+                            keys=param_names(task.build_model()), **settings.options)
+
+
+def federate(grid: Grid, config: dict, strategy: DefendedStrategy | None = None) -> Result:
+    """Train for ``num-server-rounds`` rounds with ``strategy`` (by default :func:`make_strategy`)."""
+    strategy = strategy if strategy is not None else make_strategy(config)
+    model = task.build_model()
     train_config = ConfigRecord({k: config[k] for k in ("lr", "local-steps", "batch-size")})
     return strategy.start(grid=grid, initial_arrays=ArrayRecord(model.state_dict()),
                           num_rounds=int(config["num-server-rounds"]), train_config=train_config,

@@ -34,9 +34,10 @@ class DefenseMod:
     comes from OS entropy.
 
     ``model_fn(context)`` builds the app's model: the mod loads the global weights into it for
-    defenses that need it (``needs_batch``), and defends only its parameters, leaving buffers
-    alone; without it every floating-point array is defended. ``data_fn(context)`` returns the
-    client's local samples ``(x, y)`` for defenses that need data (root sets, batches).
+    defenses that need it (``needs_batch``, e.g. graddefense's risk estimate), and defends only
+    its parameters, leaving buffers alone; without it every floating-point array is defended.
+    ``data_fn(context)`` returns the client's local samples ``(x, y)`` (the context's ``x``, ``y``
+    and ``local_data``) for defenses that need data (root sets, per-sample clipping).
     """
 
     def __init__(self, model_fn: ModelFn | None = None, data_fn: DataFn | None = None):
@@ -61,10 +62,7 @@ class DefenseMod:
         names = [n for n, p in model.named_parameters() if p.requires_grad] if model else floating_names(local_record)
         local = tensors(local_record, names)
         grads = [(g - w) / settings.scale for g, w in zip(tensors(global_record, names), local)]
-        data = self.data_fn(context) if self.data_fn else None
-        if defense.needs_batch and (model is None or data is None):
-            raise ConfigError(f"DefenseMod: defense {settings.defense!r} needs the model and the local data; "
-                              "pass model_fn= and data_fn= to DefenseMod")
+        data = self.data_fn(context) if self.data_fn else None  # a defense that needs it says so
         round_ = int(train_config.get("server-round", 0))
         ctx = DefenseContext(model=model, x=data[0] if data else None, y=data[1] if data else None,
                              generator=_generator(settings.seed, context.node_id, round_), round=round_,

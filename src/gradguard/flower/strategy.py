@@ -42,7 +42,7 @@ class DefendedStrategy(Strategy):
         self.defense: Defense = self.settings.build()
         self.compensator: Compensator | None = self.defense.compensator()
         self.keys = list(keys) if keys is not None else None
-        self.last_weights: torch.Tensor | None = None  # weights of the last compensated round
+        self.compensated_weights: dict[int, torch.Tensor] = {}  # round -> weights of the replies used
         self._global: dict[int, ArrayRecord] = {}
 
     def __getattr__(self, name: str):
@@ -62,7 +62,7 @@ class DefendedStrategy(Strategy):
         replies = list(replies)
         arrived = [r for r in replies if not r.has_error()]
         if self.compensator is not None and arrived and server_round in self._global:
-            self._compensate(arrived, self._global[server_round])
+            self.compensated_weights[server_round] = self._compensate(arrived, self._global[server_round])
         return self.strategy.aggregate_train(server_round, replies)
 
     def configure_evaluate(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord,
@@ -75,21 +75,22 @@ class DefendedStrategy(Strategy):
     def summary(self) -> None:
         self.strategy.summary()
 
-    def _compensate(self, replies: list[Message], global_record: ArrayRecord) -> None:
-        """Shift each arrived reply so that their weighted mean is the compensated model."""
+    def _compensate(self, replies: list[Message], global_record: ArrayRecord) -> torch.Tensor:
+        """Shift each arrived reply so that their weighted mean is the compensated model; returns
+        the weights used."""
         names = self.keys if self.keys is not None else floating_names(global_record)
         weights = self._weights(replies)
         scale = self.settings.scale
         global_ = tensors(global_record, names)
         records = [only_array_record(r.content, "DefendedStrategy") for r in replies]
         locals_ = [tensors(record, names) for _, record in records]
-        aggregate = [sum(w * (g - local[i]) for w, local in zip(weights.tolist(), locals_)) / scale
+        aggregate = [torch.einsum("c,c...->...", weights.to(g.dtype), g - torch.stack([local[i] for local in locals_])) / scale
                      for i, g in enumerate(global_)]
         compensated = self.compensator.compensate(aggregate, weights)
         shift = [-scale * (c - a) for c, a in zip(compensated, aggregate)]
         for reply, (key, record), local in zip(replies, records, locals_):
             reply.content[key] = replace(record, {n: w + s for n, w, s in zip(names, local, shift)})
-        self.last_weights = weights
+        return weights
 
     def _weights(self, replies: list[Message]) -> torch.Tensor:
         """Normalised weights of the arrived replies, by the wrapped strategy's weighting key."""
