@@ -54,7 +54,7 @@ def flower() -> float:
     from gradguard_mnist import server_app
     from gradguard_mnist.client_app import app as client_app
 
-    config = {**task.DEFAULTS, "num-server-rounds": ROUNDS, "min-nodes": CLIENTS, "lr": LR,
+    config = {**task.defaults(), "num-server-rounds": ROUNDS, "min-nodes": CLIENTS, "lr": LR,
               "local-steps": 1, "batch-size": 0, "gradguard.defense": "none"}
     results = {}
     app = ServerApp()

@@ -218,7 +218,7 @@ def simulation(tmp_path_factory):
 
     record = tmp_path_factory.mktemp("flower-sim")
     results = {}
-    config = {**task.DEFAULTS, "num-server-rounds": 2, "gradguard.defense": "test-mask",
+    config = {**task.defaults(), "num-server-rounds": 2, "gradguard.defense": "test-mask",
               "gradguard.options.sigma": 0.01}
     server = ServerApp()
 
@@ -230,6 +230,7 @@ def simulation(tmp_path_factory):
     with pytest.MonkeyPatch.context() as patch:
         patch.setenv(flower_helpers.RECORD_DIR, str(record))
         patch.setenv(flower_helpers.FAIL_AT, "2:2")
+        patch.setenv("RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO", "0")  # silences a Ray FutureWarning
         patch.setenv("PYTHONPATH", os.pathsep.join([str(ROOT / "src"), str(EXAMPLE), str(Path(__file__).parent),
                                                     os.environ.get("PYTHONPATH", "")]))
         run_simulation(server_app=server, client_app=flower_helpers.client_app, num_supernodes=3,

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import hashlib
+import tomllib
 from functools import lru_cache
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
@@ -15,16 +17,31 @@ import gradguard
 DATASET = "mnist-sample"
 PARTITION_SEED = 0  # the same on every node, so the partitions are disjoint
 
-# The run config's defaults; the same keys as [tool.flwr.app.config] in pyproject.toml, which
-# `flwr run` reads (run_simulation passes no run config, so the ServerApp falls back to these).
-# batch-size 0 means full-batch local steps (FedSGD with local-steps = 1).
-DEFAULTS = {"num-server-rounds": 3, "min-nodes": 2, "lr": 0.1, "local-steps": 10, "batch-size": 32,
-            "result-file": "", "gradguard.defense": "none"}
+PYPROJECT = Path(__file__).resolve().parents[1] / "pyproject.toml"
+
+
+def _flatten(table: dict, prefix: str = "") -> dict:
+    """Nested TOML tables as Flower's flat dotted keys."""
+    flat = {}
+    for key, value in table.items():
+        if isinstance(value, dict):
+            flat.update(_flatten(value, f"{prefix}{key}."))
+        else:
+            flat[f"{prefix}{key}"] = value
+    return flat
+
+
+@lru_cache(maxsize=1)
+def defaults() -> dict:
+    """The run config as [tool.flwr.app.config] in pyproject.toml declares it. `flwr run` passes
+    it (with overrides) in the context; run_simulation passes none, so the apps fall back to this."""
+    with open(PYPROJECT, "rb") as f:
+        return _flatten(tomllib.load(f)["tool"]["flwr"]["app"]["config"])
 
 
 def run_config(context: Context) -> dict:
     """The run config over its defaults."""
-    return {**DEFAULTS, **context.run_config}
+    return {**defaults(), **context.run_config}
 
 
 @lru_cache(maxsize=1)
