@@ -12,7 +12,7 @@ import hashlib
 from typing import Callable
 
 import torch
-from flwr.app import Context, Message, MessageType
+from flwr.app import ArrayRecord, Context, Message, MessageType
 from flwr.clientapp.typing import ClientAppCallable
 from torch import Tensor, nn
 
@@ -58,19 +58,25 @@ class DefenseMod:
             return reply
         key, local_record = only_array_record(reply.content, "DefenseMod")
 
+        round_ = int(train_config.get("server-round", 0))
+        reply.content[key] = self._defend(defense, settings, context, round_, global_record, local_record)
+        return reply
+
+    def _defend(self, defense: Defense, settings: DefenseSettings, context: Context, round_: int,
+                global_record: ArrayRecord, local_record: ArrayRecord) -> ArrayRecord:
+        """``local - scale * (defend(g) - g)`` with ``g = (global - local) / scale``, per defended array."""
         model = self._model(context, global_record)
-        names = [n for n, p in model.named_parameters() if p.requires_grad] if model else floating_names(local_record)
+        names = ([n for n, p in model.named_parameters() if p.requires_grad] if model is not None
+                 else floating_names(local_record))
         local = tensors(local_record, names)
         grads = [(g - w) / settings.scale for g, w in zip(tensors(global_record, names), local)]
         data = self.data_fn(context) if self.data_fn else None  # a defense that needs it says so
-        round_ = int(train_config.get("server-round", 0))
         ctx = DefenseContext(model=model, x=data[0] if data else None, y=data[1] if data else None,
                              generator=_generator(settings.seed, context.node_id, round_), round=round_,
                              client=context.node_id, local_data=data)
         defended = defense.defend(grads, ctx)
         updates = {n: w - settings.scale * (d - g) for n, w, d, g in zip(names, local, defended, grads)}
-        reply.content[key] = replace(local_record, updates)
-        return reply
+        return replace(local_record, updates)
 
     def _defense(self, node_id: int, settings: DefenseSettings) -> Defense:
         """One defense object per (node, settings), so stateful defenses keep their state."""
@@ -79,7 +85,7 @@ class DefenseMod:
             self._defenses[cache_key] = settings.build()
         return self._defenses[cache_key]
 
-    def _model(self, context: Context, global_record) -> nn.Module | None:
+    def _model(self, context: Context, global_record: ArrayRecord) -> nn.Module | None:
         if self.model_fn is None:
             return None
         model = self.model_fn(context)

@@ -84,7 +84,7 @@ class DefendedStrategy(Strategy):
         global_ = tensors(global_record, names)
         records = [only_array_record(r.content, "DefendedStrategy") for r in replies]
         locals_ = [tensors(record, names) for _, record in records]
-        aggregate = [torch.einsum("c,c...->...", weights.to(g.dtype), g - torch.stack([local[i] for local in locals_])) / scale
+        aggregate = [torch.einsum("c,c...->...", weights.to(g.dtype), g - torch.stack([lo[i] for lo in locals_])) / scale
                      for i, g in enumerate(global_)]
         compensated = self.compensator.compensate(aggregate, weights)
         shift = [-scale * (c - a) for c, a in zip(compensated, aggregate)]
