@@ -106,11 +106,12 @@ class GradDefense(Defense):
         slice_count = len(bounds) - 1
         chosen = choose(self._chosen_count(slice_count), slice_count, generator)
         starts, ends = bounds[chosen].tolist(), bounds[chosen + 1].tolist()
-        flat = flatten(grads).clone()
+        flat = flatten(grads)  # a new tensor: the input is never written
         if self.config.clip is not None:
             self._clip(flat, starts, ends, context)
-        noise = normal(sum(e - s for s, e in zip(starts, ends)), generator, flat) * self.config.sigma
-        for (start, end), part in zip(zip(starts, ends), noise.split([e - s for s, e in zip(starts, ends)])):
+        lengths = [end - start for start, end in zip(starts, ends)]
+        noise = normal(sum(lengths), generator, flat) * self.config.sigma  # one draw for all chosen slices
+        for start, end, part in zip(starts, ends, noise.split(lengths)):
             flat[start:end] += part
         return unflatten(flat, grads)
 
