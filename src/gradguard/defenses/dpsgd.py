@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import warnings
 
-import torch
 from pydantic import Field
 
 from ..errors import ConfigError
