@@ -100,17 +100,18 @@ class GradDefense(Defense):
         return self._fraction
 
     def defend(self, grads, context: DefenseContext) -> Gradient:
-        check_finite(grads, self.name)
+        flat = flatten(grads)  # a new tensor: the input is never written
+        if not torch.isfinite(flat.sum()):  # one reduction; the exact per-tensor check only when in doubt
+            check_finite(grads, self.name)
         generator = generator_for(context)
         bounds = self._bounds(grads, context, generator)
         slice_count = len(bounds) - 1
         chosen = choose(self._chosen_count(slice_count), slice_count, generator)
         starts, ends = bounds[chosen].tolist(), bounds[chosen + 1].tolist()
-        flat = flatten(grads)  # a new tensor: the input is never written
         if self.config.clip is not None:
             self._clip(flat, starts, ends, context)
         lengths = [end - start for start, end in zip(starts, ends)]
-        noise = normal(sum(lengths), generator, flat) * self.config.sigma  # one draw for all chosen slices
+        noise = normal(sum(lengths), generator, flat).mul_(self.config.sigma)  # one draw for all chosen slices
         for start, end, part in zip(starts, ends, noise.split(lengths)):
             flat[start:end] += part
         return unflatten(flat, grads)
