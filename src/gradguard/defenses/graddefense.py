@@ -24,6 +24,7 @@ Deviations from the original code, and why:
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass
 from typing import Literal
 
@@ -37,7 +38,7 @@ from .base import Compensator, Defense, DefenseConfig, DefenseContext, Gradient,
 from .compensation import MarchenkoPastur, SpectralShrinkage
 from .rng import choose, generator_for, normal
 from .sensitivity import root_set, tensor_risks
-from .slicing import group_bounds, risk_balanced_bounds
+from .slicing import check_slice_count, group_bounds, risk_balanced_bounds
 
 
 class GradDefenseConfig(DefenseConfig):
@@ -46,7 +47,8 @@ class GradDefenseConfig(DefenseConfig):
     sigma: float = Field(0.3, ge=0, description="std of the Gaussian noise added to every element of a chosen slice "
                                                 "(absolute, in gradient units)")
     slices: int = Field(10, ge=1, description="S: how many slices the gradient is cut into")
-    chosen: int = Field(5, ge=1, description="k: how many of the S slices get noise, picked at random per client and round")
+    chosen: int = Field(10, ge=1, description="k: how many of the S slices get noise, picked at random per client and "
+                                              "round (default k = S: see 'hardened' in docs/defenses.md)")
     slicing: Literal["risk", "layers"] = Field(
         "risk", description="'risk': S contiguous slices of equal leakage risk; 'layers': one slice per layer "
                             "(then round(k*L/S) of the L layers get noise, at least one)")
@@ -65,12 +67,22 @@ class GradDefenseConfig(DefenseConfig):
                             "per round), 'mp' (the paper's Marchenko-Pastur filter, correct variance), "
                             "'mp-original' (the same with the original code's variance)")
     mp_ratio: float = Field(4.0, ge=1, description="Q: aspect ratio v/w of the matrix the MP filter reshapes the update into")
+    memoize: bool = Field(True, description="the same clean gradient always gets the same noise (seeded from a "
+                                            "client secret and a hash of the gradient), so an attacker who sees "
+                                            "it several times cannot average the noise away")
 
     @model_validator(mode="after")
     def _chosen_within_slices(self):
         if self.chosen > self.slices:
             raise ConfigError(f"graddefense: chosen (k) = {self.chosen} must be at most slices (S) = {self.slices}")
         return self
+
+
+class GradDefensePaperConfig(GradDefenseConfig):
+    """The paper's configuration: k = 5 of S = 10 slices, fresh noise every time."""
+
+    chosen: int = Field(5, ge=1, description="k: how many of the S slices get noise, picked at random per client and round")
+    memoize: bool = Field(False, description="fresh noise on every call, as in the paper")
 
 
 @dataclass
@@ -92,6 +104,7 @@ class GradDefense(Defense):
     def __init__(self, config=None, **options):
         super().__init__(config, **options)
         self._clients: dict[int, _ClientState] = {}
+        self._secrets: dict[int, bytes] = {}
         self._fraction = self.config.chosen / self.config.slices
 
     @property
@@ -104,10 +117,13 @@ class GradDefense(Defense):
         if not torch.isfinite(flat.sum()):  # one reduction; the exact per-tensor check only when in doubt
             check_finite(grads, self.name)
         generator = generator_for(context)
+        if self.config.memoize:
+            generator = self._memoized(flat, context, generator)
         bounds = self._bounds(grads, context, generator)
         slice_count = len(bounds) - 1
-        chosen = choose(self._chosen_count(slice_count), slice_count, generator)
+        chosen = choose(self.chosen_count(slice_count), slice_count, generator)
         starts, ends = bounds[chosen].tolist(), bounds[chosen + 1].tolist()
+        context.extras["noisy_slices"] = list(zip(starts, ends))  # the client's secret, for evaluation only
         if self.config.clip is not None:
             self._clip(flat, starts, ends, context)
         lengths = [end - start for start, end in zip(starts, ends)]
@@ -126,13 +142,39 @@ class GradDefense(Defense):
         variance = "original" if c.compensation == "mp-original" else "correct"
         return MarchenkoPastur(c.sigma, fraction, variance, ratio=c.mp_ratio)
 
-    def _chosen_count(self, slice_count: int) -> int:
+    def slice_bounds(self, grads, model, data: tuple[Tensor, Tensor],
+                     generator: torch.Generator | None = None) -> Tensor:
+        """The S + 1 slice bounds this defense's public code gives for ``model`` and ``data``.
+
+        A client slices with its own root set; an adaptive attacker calls this with data of its
+        own to estimate the client's slices (the code and configuration are public)."""
+        context = DefenseContext(model=model, local_data=data, generator=generator)
+        return self._slice(grads, context, generator_for(context))
+
+    def chosen_count(self, slice_count: int) -> int:
+        """How many of ``slice_count`` slices get noise (k, or its share of the layers)."""
         if self.config.slicing == "risk":
             return self.config.chosen
         return max(1, round(self.config.chosen * slice_count / self.config.slices))
 
+    def _memoized(self, flat: Tensor, context: DefenseContext, generator: torch.Generator) -> torch.Generator:
+        """A generator seeded from the client's secret and the clean gradient's bytes: the same
+        gradient (same model, same batch) always gets the same slices and noise. Without this,
+        a server that replays a model to one client averages fresh noise away (the permanent
+        randomised response of RAPPOR answers the same threat)."""
+        if context.client not in self._secrets:  # drawn once per client: from OS entropy unless seeded
+            self._secrets[context.client] = torch.randint(0, 2**62, (2,), generator=generator).numpy().tobytes()
+        secret = self._secrets[context.client]
+        digest = hashlib.blake2b(flat.detach().cpu().numpy().tobytes(), key=secret, digest_size=8).digest()
+        return torch.Generator().manual_seed(int.from_bytes(digest, "little") >> 1)
+
     def _bounds(self, grads, context: DefenseContext, generator: torch.Generator) -> Tensor:
-        """The client's cached slice bounds, refreshed every R rounds."""
+        """The client's cached slice bounds, refreshed every R rounds; one slice when every slice
+        gets noise anyway (k = S), which needs no risk estimate."""
+        if self.config.slicing == "risk" and self.config.chosen == self.config.slices:
+            size = sum(g.numel() for g in grads)
+            check_slice_count(self.config.slices, size)
+            return torch.tensor([0, size])
         state = self._clients.get(context.client)
         size = sum(g.numel() for g in grads)
         stale = (state is None or int(state.bounds[-1]) != size
@@ -146,7 +188,7 @@ class GradDefense(Defense):
         sizes = torch.tensor([g.numel() for g in grads])
         if self.config.slicing == "layers":
             bounds = group_bounds(_layer_sizes(grads, context))
-            self._fraction = self._chosen_count(len(bounds) - 1) / (len(bounds) - 1)
+            self._fraction = self.chosen_count(len(bounds) - 1) / (len(bounds) - 1)
             return bounds
         return risk_balanced_bounds(self._risks(grads, context, generator), sizes, self.config.slices)
 
@@ -188,3 +230,12 @@ def _layer_sizes(grads, context: DefenseContext) -> Tensor:
     for layer, g in zip(layers, grads):
         sizes[layer] = sizes.get(layer, 0) + g.numel()
     return torch.tensor(list(sizes.values()))
+
+
+@register
+class GradDefensePaper(GradDefense):
+    """``graddefense-paper``: the paper's k = 5 of S = 10 with fresh noise, for comparison with
+    the hardened default (docs/defenses.md explains why the default differs)."""
+
+    name = "graddefense-paper"
+    Config = GradDefensePaperConfig

@@ -26,7 +26,7 @@ def risk_balanced_bounds(risks: Tensor, sizes: Tensor, slices: int) -> Tensor:
     risks = risks.double().cpu()
     sizes = sizes.long().cpu()
     total_elements = int(sizes.sum())
-    _check_slices(slices, total_elements)
+    check_slice_count(slices, total_elements)
     total_risk = float(risks.sum())
     if total_risk <= 0:
         bounds = torch.linspace(0, total_elements, slices + 1, dtype=torch.float64).round().long()
@@ -57,7 +57,7 @@ def _separate(bounds: Tensor, total_elements: int) -> Tensor:
     return torch.minimum(bounds, total_elements - (len(bounds) - 1) + steps)
 
 
-def _check_slices(slices: int, total_elements: int) -> None:
+def check_slice_count(slices: int, total_elements: int) -> None:
     if slices > total_elements:
         raise ConfigError(f"graddefense: slices={slices} is more than the gradient's {total_elements} elements; "
                           f"use at most {total_elements}")
