@@ -17,6 +17,7 @@ matching itself is the plain engine (:class:`~gradguard.attacks.Attack`). Four a
 
 from __future__ import annotations
 
+import math
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 from typing import ClassVar, Sequence
@@ -105,14 +106,21 @@ class DetectMute(AdaptiveAttack):
 
 
 class CompensateInvert(AdaptiveAttack):
-    """Denoise one client's gradient with the server's own compensator (weight 1)."""
+    """Denoise one client's gradient (weight 1) with the server's compensator or, when the
+    server runs none, with spectral shrinkage at the defense's public noise level."""
 
     name = "compensate-invert"
 
     def prepare(self, model, observation, defense, public_data):
+        from ..defenses.compensation import SpectralShrinkage
+
         compensator = defense.compensator()
+        config = getattr(defense, "config", None)
+        sigma = getattr(config, "sigma", None) or math.sqrt(2) * getattr(config, "scale", 0.0) or None
+        if compensator is None and sigma is not None:
+            compensator = SpectralShrinkage(sigma, getattr(defense, "noisy_fraction", 1.0))
         if compensator is None:
-            raise ConfigError(f"{self.name}: {defense!r} has no compensator to run")
+            raise ConfigError(f"{self.name}: {defense!r} has no public noise level to denoise against")
         gradient = observation.gradients[0]
         return Prepared(compensator.compensate(gradient, torch.ones(1, dtype=torch.float64)))
 

@@ -52,35 +52,64 @@ def seeded_model(dataset, name: str, seed: int, **options) -> torch.nn.Module:
         return model_for(dataset, name, **options)
 
 
+def observe(defense, model, x, y, rounds: int, generator_of) -> "Observation":
+    """What the attacker sees of one batch: its defended gradient in ``rounds`` rounds at the
+    same model (a replayed model), and the client's secret noisy elements for scoring."""
+    from ..attacks.adaptive import Observation
+
+    clean = batch_gradient(model, x, y)
+    gradients, secret = [], None
+    for r in range(rounds):
+        context = DefenseContext(model=model, x=x, y=y, generator=generator_of(r), round=r, local_data=(x, y))
+        gradients.append(defense.defend(clean, context))
+        if r == 0 and "noisy_slices" in context.extras:
+            secret = torch.zeros(sum(g.numel() for g in clean), dtype=torch.bool)
+            for start, end in context.extras["noisy_slices"]:
+                secret[start:end] = True
+    return Observation(gradients, secret)
+
+
 def attack_cell(config: dict[str, Any], data_root: Path | None) -> dict[str, Any]:
-    """Attack ``images`` training images, ``batch_size`` at a time, through a defense."""
+    """Attack ``images`` training images, ``batch_size`` at a time, through a defense; with an
+    ``adaptive`` entry, the adaptive attacker prepares each observation first."""
     from ..attacks import Attack
+    from ..attacks.adaptive import adaptive_attack
 
     dataset = load_dataset(config["dataset"], data_root)
     seed = config["seed"]
     model = seeded_model(dataset, config["model"], seed, **config.get("model_options", {}))
     defense = Defense.from_config(config["defense"], **config["defense_options"])
     attack = Attack.from_config(config["attack"], **config["attack_overrides"])
+    adaptive = adaptive_attack(**config["adaptive"]) if config.get("adaptive") else None
     index = target_indices(len(dataset.x_train), config["images"], derived_generator(seed, "targets"))
     truth, labels = dataset.x_train[index], dataset.y_train[index]
     batch = config["batch_size"]
-    observed, batches = [], []
-    for start in range(0, len(index), batch):
-        x, y = truth[start:start + batch], labels[start:start + batch]
-        context = DefenseContext(model=model, x=x, y=y, generator=derived_generator(seed, "defense", start),
-                                 local_data=(x, y))
-        observed.append(defense.defend(batch_gradient(model, x, y), context))
-        batches.append(y)
-    # All targets in one vectorised optimisation; labels reach the attack only if its config says "given".
-    results = attack.reconstruct_many(model, observed, dataset.image_shape, batch, labels=batches,
-                                      generator=derived_generator(seed, "attack"))
-    reconstructions = [r.images.detach() for r in results]
-    recovered = [r.labels.detach() for r in results]
-    images = torch.cat(reconstructions)
+    batches = [(truth[s:s + batch], labels[s:s + batch], s) for s in range(0, len(index), batch)]
+    observations = [observe(defense, model, x, y, adaptive.rounds if adaptive else 1,
+                            lambda r, s=s: derived_generator(seed, "defense", s, r)) for x, y, s in batches]
+    generator = derived_generator(seed, "attack")
+    detection: list[dict[str, float]] = []
+    if adaptive is None:
+        # All targets in one vectorised optimisation; labels reach the attack only if its config says "given".
+        results = attack.reconstruct_many(model, [o.gradients[0] for o in observations], dataset.image_shape, batch,
+                                          labels=[y for _, y, _ in batches], generator=generator)
+    else:
+        public = (dataset.x_test[:64], dataset.y_test[:64])  # the attacker's own data, never a target
+        results = []
+        for observation, (_, y, _) in zip(observations, batches):
+            prepared = adaptive.prepare(model, observation, defense, public)
+            detection.append(prepared.detection)
+            muted = Attack(attack.config.model_copy(update={"mute_mask": prepared.mute_mask}))
+            results.append(muted.reconstruct(model, prepared.gradient, dataset.image_shape, batch, labels=y,
+                                             generator=generator))
+    images = torch.cat([r.images.detach() for r in results])
     scores = score_reconstruction(images, truth)
+    floor = score_reconstruction(dataset.x_train.mean(0, keepdim=True).expand_as(truth), truth, matched=False)
     return {
         "psnr": scores.psnr.tolist(), "ssim": scores.ssim.tolist(), **scores.summary(),
-        "label_accuracy": label_accuracy(torch.cat(recovered), labels),
+        "label_accuracy": label_accuracy(torch.cat([r.labels.detach() for r in results]), labels),
+        "floor_psnr": float(floor.psnr.mean()), "floor_ssim": float(floor.ssim.mean()),
+        "detection": {k: sum(d[k] for d in detection) / len(detection) for k in (detection[0] if detection else {})},
         "truth": encode_images(truth), "reconstruction": encode_images(images), "targets": index,
     }
 
