@@ -12,7 +12,7 @@ from pydantic import ValidationError
 from gradguard import ConfigError, build_model, load_dataset, model_for, score_reconstruction
 from gradguard.attacks import ATTACKS, Attack, AttackConfig, idlg_labels, matching_weights
 from gradguard.attacks.lbfgs import CompactHistory, batched_lbfgs
-from gradguard.grads import batch_gradient, flatten, param_names
+from gradguard.grads import batch_gradient, param_names
 
 
 @pytest.fixture(scope="module")
@@ -53,6 +53,7 @@ def test_invalid_options_name_the_field(options, field):
 
 def test_presets_are_registered_and_overrides_are_validated():
     assert {"dlg", "gia", "soteria-muted"} <= set(ATTACKS)
+    assert ATTACKS["soteria-muted"].mute == ["fc.weight"] and ATTACKS["soteria-muted"].distance == "l2"
     assert Attack.from_config("gia", iterations=10).config.iterations == 10
     with pytest.raises(ConfigError, match="unknown name 'nope'"):
         Attack.from_config("nope")
