@@ -132,7 +132,8 @@ class GradientMatcher:
         named = [(n, p) for n, p in self.model.named_parameters() if p.requires_grad]
         kept = [i for i, w in enumerate(weights) if w is not None]
         self.targets = observed[0].shape[0]
-        self.distance = DISTANCES[config.distance]([observed[i] for i in kept], [weights[i] for i in kept])
+        kept_weights = [w.to(observed[i]) if isinstance(w, Tensor) else w for i, w in enumerate(weights) if i in kept]
+        self.distance = DISTANCES[config.distance]([observed[i] for i in kept], kept_weights)
         self.tv_weight = config.tv_weight
         self.kept_params = [named[i][1] for i in kept]
         self.kept = {named[i][0]: named[i][1].detach() for i in kept}
