@@ -102,9 +102,9 @@ class CountingMatcher(matching.GradientMatcher):
 
     evaluations = 0
 
-    def objective(self, images, labels):
+    def objective(self, images, labels, rows=None):
         CountingMatcher.evaluations += 1
-        return super().objective(images, labels)
+        return super().objective(images, labels, rows)
 
 
 def engine_dlg(model, observed, shape, iterations: int, seed: int) -> int:

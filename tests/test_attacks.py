@@ -148,7 +148,7 @@ def test_batched_lbfgs_follows_torch_lbfgs():
     for _ in range(3):
         optimizer.step(closure)
 
-    def evaluate(batch):
+    def evaluate(batch, rows):
         batch = batch.detach().requires_grad_()
         values = torch.stack([loss(row) for row in batch])
         return values.detach(), torch.autograd.grad(values.sum(), batch)[0]
@@ -156,6 +156,27 @@ def test_batched_lbfgs_follows_torch_lbfgs():
     ours = batched_lbfgs(evaluate, start[None].repeat(2, 1), lr=0.5, iterations=3, max_iter=4, history=3)
     torch.testing.assert_close(ours[0], z.detach())
     torch.testing.assert_close(ours[1], z.detach())
+
+
+def test_batched_lbfgs_stopped_targets_do_not_disturb_running_ones():
+    gen = torch.Generator().manual_seed(3)
+    a = torch.randn(6, 6, generator=gen, dtype=torch.float64)
+    hessian = a @ a.T + torch.eye(6, dtype=torch.float64)
+    linear = torch.stack([torch.zeros(6, dtype=torch.float64), torch.randn(6, generator=gen, dtype=torch.float64)])
+
+    def evaluate(batch, rows):  # target 0 starts at its stationary point and stops at once
+        batch = batch.detach().requires_grad_()
+        b = linear if rows is None else linear[rows]
+        values = 0.5 * ((batch @ hessian) * batch).sum(1) - (b * batch).sum(1) + 0.1 * (batch ** 4).sum(1)
+        return values.detach(), torch.autograd.grad(values.sum(), batch)[0]
+
+    start = torch.zeros(2, 6, dtype=torch.float64)
+    together = batched_lbfgs(evaluate, start, lr=0.5, iterations=2, max_iter=5, history=4)
+    alone = batched_lbfgs(lambda z, rows: evaluate(z, torch.tensor([1]) if rows is None else rows + 1),
+                          start[1:], lr=0.5, iterations=2, max_iter=5, history=4)
+    assert torch.equal(together[0], start[0])
+    torch.testing.assert_close(together[1:], alone)
+    assert not torch.equal(alone, start[1:])
 
 
 # --- muting and batching ----------------------------------------------------------------

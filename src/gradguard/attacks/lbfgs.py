@@ -21,7 +21,7 @@ than the last ``history`` accepted pairs.
 
 from __future__ import annotations
 
-from typing import Callable
+from typing import Callable, Optional
 
 import torch
 from torch import Tensor
@@ -90,14 +90,25 @@ class CompactHistory:
                 - gamma.squeeze(-1) * torch.bmm(w_slot.unsqueeze(1), self.y).squeeze(1))
 
 
-Evaluate = Callable[[Tensor], tuple[Tensor, Tensor]]  # z (T, n) -> (loss (T,), gradient (T, n))
+def _evaluate_active(evaluate: "Evaluate", z: Tensor, loss: Tensor, g: Tensor, active: Tensor) -> tuple[Tensor, Tensor]:
+    """Evaluate the active targets only; stopped ones keep their last loss and gradient."""
+    if bool(active.all()):
+        return evaluate(z, None)
+    rows = active.nonzero().squeeze(1)
+    new_loss, new_g = evaluate(z[rows], rows)
+    return loss.index_copy(0, rows, new_loss), g.index_copy(0, rows, new_g)
+
+
+# (z of the targets in rows, rows or None for all) -> (loss, gradient) of those targets
+Evaluate = Callable[[Tensor, Optional[Tensor]], tuple[Tensor, Tensor]]
 
 
 def batched_lbfgs(evaluate: Evaluate, z: Tensor, *, lr: float, iterations: int, max_iter: int, history: int,
                   on_iteration: Callable[[int, Tensor], None] | None = None) -> Tensor:
     """Minimise T independent losses from ``z`` (T, n); ``iterations`` torch-style steps of
-    ``max_iter`` updates each. Returns the final z. ``on_iteration(i, loss)`` after each step."""
-    loss, g = evaluate(z)
+    ``max_iter`` updates each. Returns the final z. ``on_iteration(i, loss)`` after each step.
+    Stopped targets are not evaluated again (their z, loss and gradient no longer change)."""
+    loss, g = evaluate(z, None)
     active = g.abs().amax(1) > TOLERANCE_GRAD
     memory = CompactHistory(z.shape[0], z.shape[1], history, z.dtype, z.device)
     direction = -g
@@ -115,7 +126,7 @@ def batched_lbfgs(evaluate: Evaluate, z: Tensor, *, lr: float, iterations: int, 
         move = direction * (step * active)[:, None]
         z = z + move
         g_previous, loss_previous = g, loss
-        loss, g = evaluate(z)
+        loss, g = _evaluate_active(evaluate, z, loss, g, active)
         active = (active & (g.abs().amax(1) > TOLERANCE_GRAD) & (move.abs().amax(1) > TOLERANCE_CHANGE)
                   & ((loss - loss_previous).abs() >= TOLERANCE_CHANGE))
         if on_iteration is not None and (update + 1) % max_iter == 0:
