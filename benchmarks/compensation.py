@@ -39,6 +39,8 @@ def parse() -> argparse.Namespace:
     p.add_argument("--sensitivity", default="hutchinson")
     p.add_argument("--refresh-every", type=int, default=10)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--train", nargs="+", default=list(COMPENSATORS[1:]), choices=COMPENSATORS[1:],
+                   help="compensators to train with (errors are reported for all of them)")
     return p.parse_args()
 
 
@@ -99,7 +101,7 @@ def main() -> None:
               "sigma": GradDefense(**({} if args.sigma is None else {"sigma": args.sigma})).config.sigma,
               "accuracy": {"no-defense": train(args, data, parts, initial, None)}}
     result["accuracy"]["none"] = train(args, data, parts, initial, "none", errors)
-    for name in COMPENSATORS[1:]:
+    for name in args.train:
         result["accuracy"][name] = train(args, data, parts, initial, name)
     result["relative_error"] = {name: round(sum(v) / len(v), 4) for name, v in errors.items()}
     result["relative_error_last10"] = {name: round(sum(v[-10:]) / 10, 4) for name, v in errors.items()}

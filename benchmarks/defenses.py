@@ -6,12 +6,14 @@
 - graddefense with per-sample clipping (computes per-sample gradients), for information;
 - compensation per round relative to 10 clients' compute (training step + defense); target <= 5%.
 
-    PYTHONPATH=src python benchmarks/defenses.py
-prints one JSON line.
+    PYTHONPATH=src python benchmarks/defenses.py --threads 1
+prints one JSON line. On a machine shared with other jobs use ``--threads 1``: with two
+OpenMP threads competing for busy cores a LeNet training step swings from 2 to 300 ms.
 """
 
 from __future__ import annotations
 
+import argparse
 import json
 import statistics
 import time
@@ -36,6 +38,11 @@ def median_seconds(fn, repeats: int = 30) -> float:
 
 
 def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's choice)")
+    args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
     data = load_dataset("mnist-sample")
     order = torch.randperm(len(data.y_train), generator=torch.Generator().manual_seed(0))
     x, y = data.x_train[order[:32]], data.y_train[order[:32]]

@@ -100,3 +100,12 @@ def test_cli_options_build_a_validated_defense():
         defense_from_cli("graddefense", ["sigma=-1"])
     with pytest.raises(ValueError, match="unknown name"):
         defense_from_cli("nope")
+
+
+def test_defenses_command_lists_every_defense(capsys):
+    from gradguard.cli import run
+    from gradguard.defenses import DEFENSES
+
+    assert run(["defenses"]) in (0, None)
+    listing = capsys.readouterr().out
+    assert all(name in listing for name in DEFENSES)

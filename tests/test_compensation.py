@@ -52,3 +52,10 @@ def test_shrinkage_reduces_error_on_real_lenet_updates():
     aggregate = [sum(w * d[t] for w, d in zip(weights, defended)) for t in range(len(clean))]
     compensated = SpectralShrinkage(defense.config.sigma, defense.noisy_fraction).compensate(aggregate, weights)
     assert relative_error(compensated, clean) < 0.9 * relative_error(aggregate, clean)
+
+
+def test_default_is_the_plain_average_and_options_build_their_compensators():
+    assert GradDefense().compensator() is None  # measured best for final accuracy (docs/defenses.md)
+    assert isinstance(GradDefense(compensation="shrink").compensator(), SpectralShrinkage)
+    original = GradDefense(compensation="mp-original").compensator()
+    assert isinstance(original, MarchenkoPastur) and original.variance == "original"

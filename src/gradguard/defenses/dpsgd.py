@@ -11,7 +11,8 @@ conservative choice.
 
 from __future__ import annotations
 
-import torch
+import warnings
+
 from pydantic import Field
 
 from ..errors import ConfigError
@@ -83,5 +84,7 @@ def noise_for_epsilon(target_epsilon: float, sample_rate: float, steps: int, del
     """The noise multiplier that spends ``target_epsilon`` in ``steps`` steps (Opacus)."""
     from opacus.accountants.utils import get_noise_multiplier
 
-    return float(get_noise_multiplier(target_epsilon=target_epsilon, target_delta=delta, sample_rate=sample_rate,
-                                      steps=steps, accountant="rdp"))
+    with warnings.catch_warnings():  # Opacus' bisection probes huge noise levels, which warn about alpha range
+        warnings.filterwarnings("ignore", message="Optimal order is the largest alpha")
+        return float(get_noise_multiplier(target_epsilon=target_epsilon, target_delta=delta,
+                                          sample_rate=sample_rate, steps=steps, accountant="rdp"))
