@@ -90,14 +90,17 @@ def test_settings_travel_as_flat_keys_and_are_validated():
     settings = DefenseSettings(defense="test-mask", options={"sigma": 0.5, "fraction": 0.1}, scale=2.0)
     flat = settings.to_config()
     assert flat == {"gradguard.defense": "test-mask", "gradguard.scale": 2.0,
-                    "gradguard.options.sigma": 0.5, "gradguard.options.fraction": 0.1}
-    assert DefenseSettings.from_configs({**flat, "lr": 0.1}, {}) == settings
+                    "gradguard.test-mask.sigma": 0.5, "gradguard.test-mask.fraction": 0.1}
+    # other keys, and the options of defenses not chosen, are ignored
+    assert DefenseSettings.from_configs({**flat, "lr": 0.1, "gradguard.graddefense.sigma": 9.0}, {}) == settings
     # the client's node config wins over what the server sent
-    assert DefenseSettings.from_configs(flat, {"gradguard.defense": "none"}).defense == "none"
+    assert DefenseSettings.from_configs(flat, {"gradguard.defense": "none"}) == DefenseSettings(scale=2.0)
     with pytest.raises(ConfigError, match="gradguard.seed"):
         DefenseSettings.from_configs({"gradguard.seed": 3}, {})
     with pytest.raises(ValueError, match="scale"):
         DefenseSettings(scale=0.0)
+    with pytest.raises(ValueError, match="sigmaa"):
+        DefenseSettings.from_configs({"gradguard.defense": "test-mask", "gradguard.test-mask.sigmaa": 1}, {}).build()
     with pytest.raises(ConfigError, match="unknown name"):
         DefenseSettings(defense="nope").build()
 
@@ -126,7 +129,7 @@ def test_mod_changes_only_the_elements_the_defense_perturbs(tmp_path, monkeypatc
 def test_mod_reads_its_configuration_at_call_time_and_leaves_evaluation_alone():
     global_, local = _state(0), _state(1)
     mod = DefenseMod()
-    noisy = {"gradguard.defense": "test-mask", "gradguard.options.sigma": 1.0}
+    noisy = {"gradguard.defense": "test-mask", "gradguard.test-mask.sigma": 1.0}
     first = mod(_train_message(global_, **{"gradguard.defense": "none"}), _context(), _replying(local))
     second = mod(_train_message(global_, **noisy), _context({"gradguard.seed": 1}), _replying(local))
     pinned = mod(_train_message(global_, **noisy), _context(node_config={"gradguard.defense": "none"}), _replying(local))
@@ -139,7 +142,7 @@ def test_mod_reads_its_configuration_at_call_time_and_leaves_evaluation_alone():
 
 def test_mod_noise_is_reproducible_only_with_a_client_seed():
     global_, local = _state(0), _state(1)
-    config = {"gradguard.defense": "test-mask", "gradguard.options.sigma": 1.0}
+    config = {"gradguard.defense": "test-mask", "gradguard.test-mask.sigma": 1.0}
     seeded = [_arrays(DefenseMod()(_train_message(global_, **config), _context({"gradguard.seed": 5}), _replying(local)))["w"]
               for _ in range(2)]
     fresh = [_arrays(DefenseMod()(_train_message(global_, **config), _context(), _replying(local)))["w"] for _ in range(2)]
@@ -152,11 +155,56 @@ def test_mod_with_model_fn_defends_parameters_and_leaves_buffers(tmp_path, monke
     model = task.build_model()
     global_ = {k: v.clone() for k, v in model.state_dict().items()}
     local = {k: v + 0.01 for k, v in global_.items()}
-    msg = _train_message(global_, **{"gradguard.defense": "test-mask", "gradguard.options.fraction": 1.0})
+    msg = _train_message(global_, **{"gradguard.defense": "test-mask", "gradguard.test-mask.fraction": 1.0})
     reply = _arrays(DefenseMod(model_fn=lambda context: task.build_model())(msg, _context(), _replying(local)))
     assert torch.equal(reply["normalize.mean"], local["normalize.mean"])  # buffers: not defended
     assert torch.equal(reply["normalize.std"], local["normalize.std"])
     assert (reply["fc.weight"] != local["fc.weight"]).all()  # every parameter element perturbed
+
+
+def _changed_runs(changed: torch.Tensor) -> list[tuple[int, int]]:
+    """The maximal runs [start, end) of True in a flat boolean vector."""
+    edges = torch.diff(torch.cat([torch.tensor([0]), changed.int(), torch.tensor([0])]))
+    return list(zip(torch.nonzero(edges == 1).flatten().tolist(), torch.nonzero(edges == -1).flatten().tolist()))
+
+
+def _whole_slices(changed: torch.Tensor, bounds: torch.Tensor) -> int:
+    """How many slices are changed; fails if a slice is changed only in part."""
+    parts = [changed[start:end] for start, end in zip(bounds[:-1].tolist(), bounds[1:].tolist())]
+    assert all(part.all() or not part.any() for part in parts), "a slice is perturbed only in part"
+    return sum(bool(part.all()) for part in parts)
+
+
+def test_mod_with_graddefense_changes_exactly_k_whole_slices():
+    from gradguard.defenses.slicing import risk_balanced_bounds
+
+    global_, local = _state(0), _state(1)
+    settings = DefenseSettings(defense="graddefense", scale=0.5,
+                               options={"sigma": 0.5, "slices": 6, "chosen": 2, "sensitivity": "uniform"})
+    for seed in range(3):
+        reply = _arrays(DefenseMod()(_train_message(global_, **settings.to_config()),
+                                     _context({"gradguard.seed": seed}), _replying(local)))
+        changed = torch.cat([(reply[n] != local[n]).flatten() for n in ("w", "b")])
+        sizes = torch.tensor([20, 5])  # uniform risk: slices of (nearly) equal size over w, b
+        assert _whole_slices(changed, risk_balanced_bounds(sizes.double(), sizes, 6)) == 2
+
+
+def test_mod_with_graddefense_uses_the_model_and_the_local_data():
+    """Risk-balanced slices need the model (at the global weights) and a root set from the data."""
+    model = task.build_model()
+    global_ = {k: v.clone() for k, v in model.state_dict().items()}
+    local = {k: v - 0.01 if k.startswith(("body", "fc")) else v for k, v in global_.items()}
+    x, y = task.partition(0, 10)
+    settings = DefenseSettings(defense="graddefense", scale=0.1, options={"sigma": 0.1, "slices": 10, "chosen": 3})
+    mod = DefenseMod(model_fn=lambda context: task.build_model(), data_fn=lambda context: (x, y))
+    reply = _arrays(mod(_train_message(global_, **settings.to_config()), _context({"gradguard.seed": 0}),
+                        _replying(local)))
+    names = [n for n, _ in model.named_parameters()]
+    changed = torch.cat([(reply[n] != local[n]).flatten() for n in names])
+    assert 0 < len(_changed_runs(changed)) <= 3  # k chosen contiguous slices (neighbours merge)
+    assert 0 < changed.float().mean() < 1
+    with pytest.raises(ConfigError, match="needs context.model"):
+        DefenseMod()(_train_message(global_, **settings.to_config()), _context(), _replying(local))
 
 
 # ---------------------------------------------------------------- the strategy
@@ -173,18 +221,16 @@ def _replies(strategy, global_, locals_, num_examples, fail_index=None):
 
 
 def test_strategy_sends_public_settings_and_compensates_over_the_replies_that_arrived():
-    flower_helpers.COMPENSATED_WEIGHTS.clear()
     strategy = DefendedStrategy(FedAvg(min_available_nodes=1), "test-mask", scale=0.5, sigma=0.2, keys=["w", "b"])
     global_ = _state(0)
     locals_ = [_state(i) for i in (1, 2, 3)]
     train_msg, replies = _replies(strategy, global_, locals_, [10, 30, 99], fail_index=2)
     config = train_msg.content["config"]
-    assert config["gradguard.defense"] == "test-mask" and config["gradguard.options.sigma"] == 0.2
+    assert config["gradguard.defense"] == "test-mask" and config["gradguard.test-mask.sigma"] == 0.2
     assert not any("seed" in key for key in config)
 
     arrays, _ = strategy.aggregate_train(1, replies)
-    (weights,) = flower_helpers.COMPENSATED_WEIGHTS
-    torch.testing.assert_close(weights, torch.tensor([0.25, 0.75]))  # 2 arrived, by num-examples
+    torch.testing.assert_close(strategy.compensated_weights[1], torch.tensor([0.25, 0.75]))  # 2 arrived
     for k in ("w", "b"):  # global - scale * compensate(G), G = sum w_i (global - local_i) / scale
         pseudo = (0.25 * (global_[k] - locals_[0][k]) + 0.75 * (global_[k] - locals_[1][k])) / 0.5
         torch.testing.assert_close(arrays.to_torch_state_dict()[k], global_[k] - 0.5 * (0.5 * pseudo))
@@ -201,6 +247,24 @@ def test_strategy_survives_an_all_zero_update_and_a_round_without_replies():
     assert strategy.aggregate_train(1, failed) == (None, None)
 
 
+def test_strategy_applies_graddefense_compensation_and_survives_zero_updates():
+    strategy = DefendedStrategy(FedAvg(min_available_nodes=1), "graddefense", scale=0.5, keys=["w", "b"],
+                                sigma=0.5, slices=5, chosen=2, sensitivity="uniform", compensation="shrink")
+    global_ = _state(0)
+    locals_ = [_state(1), _state(2)]
+    _, replies = _replies(strategy, global_, locals_, [10, 30])
+    arrays = strategy.aggregate_train(1, replies)[0].to_torch_state_dict()
+    weights = torch.tensor([0.25, 0.75])
+    pseudo = [(0.25 * (global_[k] - locals_[0][k]) + 0.75 * (global_[k] - locals_[1][k])) / 0.5 for k in ("w", "b")]
+    compensated = strategy.compensator.compensate(pseudo, weights)
+    assert not torch.allclose(compensated[0], pseudo[0])  # compensation did something
+    for k, c in zip(("w", "b"), compensated):
+        torch.testing.assert_close(arrays[k], global_[k] - 0.5 * c)
+    _, zero = _replies(strategy, global_, [global_, global_], [10, 30])
+    arrays = strategy.aggregate_train(2, zero)[0].to_torch_state_dict()
+    assert all(torch.equal(arrays[k], global_[k]) for k in ("w", "b"))
+
+
 def test_strategy_delegates_to_the_wrapped_strategy():
     inner = FedAvg(fraction_evaluate=0.0, weighted_by_key="n")
     strategy = DefendedStrategy(inner)
@@ -210,23 +274,29 @@ def test_strategy_delegates_to_the_wrapped_strategy():
 
 # ---------------------------------------------------------------- the simulation engine
 
+SIMULATION_SLICES, SIMULATION_CHOSEN = 10, 4
+
+
 @pytest.fixture(scope="module")
 def simulation(tmp_path_factory):
-    """3 clients, 2 rounds of the example app with the test-mask defense in Flower's simulation
-    engine; partition 2 fails in round 2. Replies are recorded before and after the mod."""
+    """3 clients, 2 rounds of the example app with graddefense (uniform risk, so a test can
+    recompute the slice bounds) in Flower's simulation engine; partition 2 fails in round 2.
+    Replies are recorded before and after the mod by test-only mods, into files."""
     from flwr.simulation import run_simulation
 
     record = tmp_path_factory.mktemp("flower-sim")
+    config = {**task.defaults(), "num-server-rounds": 2, "gradguard.defense": "graddefense",
+              "gradguard.graddefense.sensitivity": "uniform", "gradguard.graddefense.slices": SIMULATION_SLICES,
+              "gradguard.graddefense.chosen": SIMULATION_CHOSEN, "gradguard.graddefense.sigma": 0.01,
+              "gradguard.graddefense.compensation": "shrink"}
+    strategy = example_server.make_strategy(config)
     results = {}
-    config = {**task.defaults(), "num-server-rounds": 2, "gradguard.defense": "test-mask",
-              "gradguard.options.sigma": 0.01}
     server = ServerApp()
 
     @server.main()
     def main(grid, context):
-        results["result"] = example_server.federate(grid, config)
+        results["result"] = example_server.federate(grid, config, strategy)
 
-    flower_helpers.COMPENSATED_WEIGHTS.clear()
     with pytest.MonkeyPatch.context() as patch:
         patch.setenv(flower_helpers.RECORD_DIR, str(record))
         patch.setenv(flower_helpers.FAIL_AT, "2:2")
@@ -235,7 +305,7 @@ def simulation(tmp_path_factory):
                                                     os.environ.get("PYTHONPATH", "")]))
         run_simulation(server_app=server, client_app=flower_helpers.client_app, num_supernodes=3,
                        backend_config={"client_resources": {"num_cpus": 1}, "init_args": {"num_cpus": 2}})
-    return results["result"], record, list(flower_helpers.COMPENSATED_WEIGHTS)
+    return results["result"], record, strategy
 
 
 def test_simulation_finishes_and_improves_held_out_accuracy(simulation):
@@ -245,24 +315,27 @@ def test_simulation_finishes_and_improves_held_out_accuracy(simulation):
     assert accuracy[2] > accuracy[0] + 0.05
 
 
-def test_simulation_defended_updates_differ_only_where_the_defense_perturbed(simulation):
+def test_simulation_defended_updates_differ_only_in_the_chosen_slices(simulation):
+    from gradguard.defenses.slicing import risk_balanced_bounds
+
     _, record, _ = simulation
+    model = task.build_model()
+    names = [n for n, _ in model.named_parameters()]  # what the mod defends, in order
+    sizes = torch.tensor([p.numel() for p in model.parameters()])
+    bounds = risk_balanced_bounds(sizes.double(), sizes, SIMULATION_SLICES)
     defended = sorted(record.glob("defended-*.pt"))
     assert len(defended) == 5  # 3 replies in round 1, 2 in round 2 (one client failed)
     for path in defended:
-        tag = path.name.removeprefix("defended-")
-        after, before = torch.load(path), torch.load(record / f"plain-{tag}")
-        masks = torch.load(record / f"mask-{tag}")
-        names = [n for n, _ in task.build_model().named_parameters()]  # what the mod defends, in order
-        for name, mask in zip(names, masks, strict=True):
-            assert torch.equal(after["reply"][name] != before["reply"][name], mask)
+        after, before = torch.load(path), torch.load(record / path.name.replace("defended-", "plain-"))
+        changed = torch.cat([(after["reply"][n] != before["reply"][n]).flatten() for n in names])
+        assert _whole_slices(changed, bounds) == SIMULATION_CHOSEN
         assert torch.equal(after["reply"]["normalize.std"], before["reply"]["normalize.std"])
 
 
 def test_simulation_compensates_with_the_replies_that_arrived(simulation):
-    _, _, weights = simulation
-    assert [len(w) for w in weights] == [3, 2]
-    assert all(torch.isclose(w.sum(), torch.tensor(1.0)) for w in weights)
+    _, _, strategy = simulation
+    assert {r: len(w) for r, w in strategy.compensated_weights.items()} == {1: 3, 2: 2}
+    assert all(torch.isclose(w.sum(), torch.tensor(1.0)) for w in strategy.compensated_weights.values())
 
 
 # ---------------------------------------------------------------- a real deployment on loopback
@@ -349,15 +422,16 @@ def _flower_env(home: Path, **extra: str) -> dict[str, str]:
 
 @pytest.mark.slow
 def test_flwr_run_runs_the_example_app_in_the_local_simulation(tmp_path):
-    """`flwr run <example>` as the README says: Flower starts a background SuperLink in simulation
-    mode (on free ports here), which the test stops by pid afterwards."""
+    """`flwr run <example>` as the README says (1 round, sigma 0.1 so that one round reliably beats
+    the initial model): Flower starts a background SuperLink in simulation mode (on free ports
+    here), which the test stops by pid afterwards."""
     home = tmp_path / "flwr-home"
     env = _flower_env(home, FLWR_LOCAL_SUPERLINK_HTTP_API_PORT=str(_free_port()),
                       FLWR_LOCAL_CONTROL_API_PORT=str(_free_port()))
     result_file = tmp_path / "result.json"
     try:
         run = subprocess.run([str(FLWR_BIN / "flwr"), "run", str(EXAMPLE), "--stream", "--run-config",
-                              f'num-server-rounds=1 result-file="{result_file}"'],
+                              f'num-server-rounds=1 gradguard.graddefense.sigma=0.1 result-file="{result_file}"'],
                              env=env, cwd=tmp_path, capture_output=True, text=True, timeout=400)
         assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
         accuracy = json.loads(result_file.read_text())["accuracy"]
@@ -370,7 +444,7 @@ def test_flwr_run_runs_the_example_app_in_the_local_simulation(tmp_path):
 @pytest.mark.slow
 def test_loopback_deployment_runs_the_example_app(tmp_path):
     """One SuperLink and two SuperNodes as processes on 127.0.0.1, the example app run on them
-    with `flwr run` for 2 rounds with the defense on; every process is stopped by pid."""
+    with `flwr run` for 2 rounds with graddefense on (sigma 0.1); every process is stopped by pid."""
     home = tmp_path / "flwr-home"
     home.mkdir()
     link, nodes = _free_port(), [_free_port(), _free_port()]
@@ -398,7 +472,7 @@ def test_loopback_deployment_runs_the_example_app(tmp_path):
         result_file = tmp_path / "result.json"
         run = subprocess.run(
             [str(FLWR_BIN / "flwr"), "run", str(EXAMPLE), "loopback", "--stream", "--run-config",
-             f'num-server-rounds=2 local-steps=5 gradguard.defense="none" result-file="{result_file}"'],
+             f'num-server-rounds=2 local-steps=5 gradguard.graddefense.sigma=0.1 result-file="{result_file}"'],
             env=env, cwd=tmp_path, capture_output=True, text=True, timeout=400)
         assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
         accuracy = json.loads(result_file.read_text())["accuracy"]

@@ -21,7 +21,7 @@ than the last ``history`` accepted pairs.
 
 from __future__ import annotations
 
-from typing import Callable
+from typing import Callable, Optional
 
 import torch
 from torch import Tensor
@@ -68,6 +68,12 @@ class CompactHistory:
         self.gamma = torch.where(accept, s_dot_y[self._rows, slot] / newest.clamp_min(1e-30), self.gamma)
         self.count += 1
 
+    def select(self, rows: Tensor) -> None:
+        """Keep only the targets in ``rows`` (the others have stopped)."""
+        for name in ("s", "y", "sy", "yy", "count", "gamma"):
+            setattr(self, name, getattr(self, name)[rows])
+        self._rows = torch.arange(len(rows), device=rows.device)
+
     def inverse_hessian_times(self, g: Tensor) -> Tensor:
         """H g for every target, H the L-BFGS inverse-Hessian approximation."""
         t, m = self.s.shape[:2]
@@ -90,14 +96,21 @@ class CompactHistory:
                 - gamma.squeeze(-1) * torch.bmm(w_slot.unsqueeze(1), self.y).squeeze(1))
 
 
-Evaluate = Callable[[Tensor], tuple[Tensor, Tensor]]  # z (T, n) -> (loss (T,), gradient (T, n))
+# (z of the targets in rows, rows or None for all) -> (loss, gradient) of those targets
+Evaluate = Callable[[Tensor, Optional[Tensor]], tuple[Tensor, Tensor]]
 
 
 def batched_lbfgs(evaluate: Evaluate, z: Tensor, *, lr: float, iterations: int, max_iter: int, history: int,
                   on_iteration: Callable[[int, Tensor], None] | None = None) -> Tensor:
     """Minimise T independent losses from ``z`` (T, n); ``iterations`` torch-style steps of
-    ``max_iter`` updates each. Returns the final z. ``on_iteration(i, loss)`` after each step."""
-    loss, g = evaluate(z)
+    ``max_iter`` updates each. Returns the final z. ``on_iteration(i, loss)`` after each step
+    with every target's latest loss.
+
+    A target that stops is retired: its final z is stored and it leaves every working tensor,
+    so later updates cost only what the running targets need."""
+    final, alive = z.clone(), torch.arange(z.shape[0], device=z.device)
+    loss, g = evaluate(z, None)
+    latest = loss.clone()
     active = g.abs().amax(1) > TOLERANCE_GRAD
     memory = CompactHistory(z.shape[0], z.shape[1], history, z.dtype, z.device)
     direction = -g
@@ -106,18 +119,26 @@ def batched_lbfgs(evaluate: Evaluate, z: Tensor, *, lr: float, iterations: int, 
         if update:
             y = g - g_previous
             s = direction * step[:, None]
-            memory.push(s, y, active & ((y * s).sum(1) > CURVATURE_EPS))
+            memory.push(s, y, (y * s).sum(1) > CURVATURE_EPS)
             direction = -memory.inverse_hessian_times(g)
             step = torch.full_like(step, lr)
         active = active & ((g * direction).sum(1) <= -TOLERANCE_CHANGE)
-        if not bool(active.any()):
-            break
-        move = direction * (step * active)[:, None]
+        if not bool(active.all()):
+            final[alive[~active]] = z[~active]
+            keep = active.nonzero().squeeze(1)
+            alive, z, g, loss, direction, step = alive[keep], z[keep], g[keep], loss[keep], direction[keep], step[keep]
+            active = active[keep]
+            memory.select(keep)
+            if not len(alive):
+                break
+        move = direction * step[:, None]
         z = z + move
         g_previous, loss_previous = g, loss
-        loss, g = evaluate(z)
-        active = (active & (g.abs().amax(1) > TOLERANCE_GRAD) & (move.abs().amax(1) > TOLERANCE_CHANGE)
+        loss, g = evaluate(z, None if len(alive) == len(final) else alive)
+        latest[alive] = loss
+        active = ((g.abs().amax(1) > TOLERANCE_GRAD) & (move.abs().amax(1) > TOLERANCE_CHANGE)
                   & ((loss - loss_previous).abs() >= TOLERANCE_CHANGE))
         if on_iteration is not None and (update + 1) % max_iter == 0:
-            on_iteration((update + 1) // max_iter, loss)
-    return z
+            on_iteration((update + 1) // max_iter, latest)
+    final[alive] = z
+    return final

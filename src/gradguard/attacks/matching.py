@@ -78,8 +78,9 @@ class L2Distance:
     def __init__(self, observed: Sequence[Tensor], weights: Sequence[Weight]):
         self.observed, self.weights = list(observed), list(weights)
 
-    def __call__(self, trial: Sequence[Tensor]) -> Tensor:
-        return sum(_weighted_sum((t - o).square(), w) for t, o, w in zip(trial, self.observed, self.weights))
+    def __call__(self, trial: Sequence[Tensor], rows: Tensor | None = None) -> Tensor:
+        observed = self.observed if rows is None else [o[rows] for o in self.observed]
+        return sum(_weighted_sum((t - o).square(), w) for t, o, w in zip(trial, observed, self.weights))
 
 
 class CosineDistance:
@@ -90,10 +91,12 @@ class CosineDistance:
         self.observed, self.weights = list(observed), list(weights)
         self.observed_norm = sum(_weighted_sum(o.square(), w) for o, w in zip(observed, weights)).sqrt()
 
-    def __call__(self, trial: Sequence[Tensor]) -> Tensor:
-        dot = sum(_weighted_sum(t * o, w) for t, o, w in zip(trial, self.observed, self.weights))
+    def __call__(self, trial: Sequence[Tensor], rows: Tensor | None = None) -> Tensor:
+        observed = self.observed if rows is None else [o[rows] for o in self.observed]
+        observed_norm = self.observed_norm if rows is None else self.observed_norm[rows]
+        dot = sum(_weighted_sum(t * o, w) for t, o, w in zip(trial, observed, self.weights))
         trial_norm = sum(_weighted_sum(t.square(), w) for t, w in zip(trial, self.weights)).sqrt()
-        return 1.0 - dot / (trial_norm * self.observed_norm).clamp_min(1e-30)
+        return 1.0 - dot / (trial_norm * observed_norm).clamp_min(1e-30)
 
 
 DISTANCES = {"l2": L2Distance, "cosine": CosineDistance}
@@ -132,7 +135,8 @@ class GradientMatcher:
         named = [(n, p) for n, p in self.model.named_parameters() if p.requires_grad]
         kept = [i for i, w in enumerate(weights) if w is not None]
         self.targets = observed[0].shape[0]
-        self.distance = DISTANCES[config.distance]([observed[i] for i in kept], [weights[i] for i in kept])
+        kept_weights = [w.to(observed[i]) if isinstance(w, Tensor) else w for i, w in enumerate(weights) if i in kept]
+        self.distance = DISTANCES[config.distance]([observed[i] for i in kept], kept_weights)
         self.tv_weight = config.tv_weight
         self.kept_params = [named[i][1] for i in kept]
         self.kept = {named[i][0]: named[i][1].detach() for i in kept}
@@ -148,15 +152,16 @@ class GradientMatcher:
 
     def parameter_gradients(self, images: Tensor, labels: Tensor) -> list[Tensor]:
         """Gradient of each target's loss w.r.t. the kept parameters, differentiable w.r.t. the dummies."""
-        if self.targets > 1:
+        if images.shape[0] > 1:
             return list(self._vmapped(self.kept, images, labels).values())
         loss = self._loss(self.model(images[0]), labels[0])
         return [g.unsqueeze(0) for g in torch.autograd.grad(loss, self.kept_params, create_graph=True)]
 
-    def objective(self, images: Tensor, labels: Tensor) -> tuple[Tensor, Tensor]:
+    def objective(self, images: Tensor, labels: Tensor, rows: Tensor | None = None) -> tuple[Tensor, Tensor]:
         """(objective, gradient distance), each of shape (T,). ``images`` is (T, B, C, H, W);
-        ``labels`` is (T, B) class indices or (T, B, classes) soft-label logits."""
-        distance = self.distance(self.parameter_gradients(images, labels))
+        ``labels`` is (T, B) class indices or (T, B, classes) soft-label logits. With ``rows``
+        the inputs hold only those targets (stopped targets need no evaluation)."""
+        distance = self.distance(self.parameter_gradients(images, labels), rows)
         if self.tv_weight:
             return distance + self.tv_weight * total_variation(images), distance
         return distance, distance

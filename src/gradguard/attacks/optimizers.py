@@ -55,13 +55,15 @@ def optimise_lbfgs(matcher: GradientMatcher, images: Tensor, labels: Tensor, con
     learned = _learned(labels)
     parts = [images.reshape(targets, -1)] + ([labels.reshape(targets, -1)] if learned else [])
 
-    def unpack(z: Tensor) -> tuple[Tensor, Tensor]:
-        z_images = z[:, :pixels].view_as(images)
-        return z_images, (z[:, pixels:].view_as(labels) if learned else labels)
+    def unpack(z: Tensor, rows: Tensor | None = None) -> tuple[Tensor, Tensor]:
+        z_images = z[:, :pixels].reshape(len(z), *images.shape[1:])
+        if learned:
+            return z_images, z[:, pixels:].reshape(len(z), *labels.shape[1:])
+        return z_images, labels if rows is None else labels[rows]
 
-    def evaluate(z: Tensor) -> tuple[Tensor, Tensor]:
+    def evaluate(z: Tensor, rows: Tensor | None) -> tuple[Tensor, Tensor]:
         z = z.detach().requires_grad_()
-        objective, _ = matcher.objective(*unpack(z))
+        objective, _ = matcher.objective(*unpack(z, rows), rows)
         (g,) = torch.autograd.grad(objective.sum(), z)
         return objective.detach(), g
 

@@ -22,6 +22,8 @@ def configure(p) -> None:
     add_model_option(p)
     p.add_argument("--model-opt", action="append", metavar="KEY=VALUE",
                    help="model option, repeatable (lenet defaults to dlg_init=true, DLG's initialisation)")
+    p.add_argument("--unnormalised", action="store_true",
+                   help="build the model without the dataset's normalisation layer (DLG's own setting)")
     p.add_argument("--attack", default="dlg", choices=sorted(ATTACKS), help="attack preset")
     p.add_argument("--images", type=int, default=8, help="images to attack (a multiple of --batch-size)")
     p.add_argument("--batch-size", type=int, default=1, help="images per observed gradient")
@@ -71,11 +73,13 @@ def _build_model(data, args):
     """The model, initialised from --seed without touching the caller's global RNG state."""
     import torch
 
-    from ..models import model_for
+    from ..models import build_model, model_for
 
     options = ({"dlg_init": True} if args.model == "lenet" else {}) | parse_key_values(args.model_opt, "--model-opt")
     with torch.random.fork_rng():
         torch.manual_seed(args.seed)
+        if args.unnormalised:
+            return build_model(args.model, data.image_shape, data.num_classes, **options)
         return model_for(data, args.model, **options)
 
 

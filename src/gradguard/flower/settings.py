@@ -1,9 +1,12 @@
 """The defense configuration that travels in Flower configs, as flat ``gradguard.*`` keys.
 
 Flower configs are flat mappings of scalars (and lists of scalars), so the settings are
-flattened to ``gradguard.defense``, ``gradguard.scale`` and one ``gradguard.options.<name>``
-key per defense option. ``gradguard.seed`` is the one key that must never travel: a seed the
-server knows lets it replay the noise, so it is read only from the client's own node config.
+flattened to ``gradguard.defense`` (the name), ``gradguard.scale`` and one
+``gradguard.<defense>.<option>`` key per option of that defense. Options are namespaced by
+defense so that one config can hold several defenses' options and switching the defense is one
+override (options of the defenses not chosen are ignored). ``gradguard.seed`` is the one key
+that must never travel: a seed the server knows lets it replay the noise, so it is read only
+from the client's own node config.
 """
 
 from __future__ import annotations
@@ -16,7 +19,6 @@ from ..defenses import Defense
 from ..errors import ConfigError
 
 PREFIX = "gradguard."
-OPTIONS_PREFIX = PREFIX + "options."
 SEED_KEY = PREFIX + "seed"
 
 
@@ -43,7 +45,7 @@ class DefenseSettings(BaseModel):
     def to_config(self) -> dict[str, Any]:
         """Flat ``gradguard.*`` keys for a Flower ConfigRecord (never the seed)."""
         flat: dict[str, Any] = {PREFIX + "defense": self.defense, PREFIX + "scale": float(self.scale)}
-        flat.update({OPTIONS_PREFIX + k: _config_value(k, v) for k, v in self.options.items()})
+        flat.update({f"{PREFIX}{self.defense}.{k}": _config_value(k, v) for k, v in self.options.items()})
         return flat
 
     @classmethod
@@ -53,17 +55,14 @@ class DefenseSettings(BaseModel):
         if SEED_KEY in shared:
             raise ConfigError(f"{SEED_KEY}: a noise seed the server knows defeats the defense; "
                               "set it per client in the node config (flower-supernode --node-config)")
-        shared = {k: v for k, v in shared.items() if k.startswith(PREFIX)}
-        if private.get(PREFIX + "defense", shared.get(PREFIX + "defense")) != shared.get(PREFIX + "defense"):
-            # The client pinned another defense: the server's options were meant for its own.
-            shared = {k: v for k, v in shared.items() if not k.startswith(OPTIONS_PREFIX)}
-        merged = {k: v for k, v in {**shared, **private}.items() if k.startswith(PREFIX)}
+        merged = {k.removeprefix(PREFIX): v for k, v in {**shared, **private}.items() if k.startswith(PREFIX)}
+        options_of = f"{merged.get('defense', 'none')}."
         fields: dict[str, Any] = {"options": {}}
         for key, value in merged.items():
-            if key.startswith(OPTIONS_PREFIX):
-                fields["options"][key.removeprefix(OPTIONS_PREFIX)] = value
-            else:
-                fields[key.removeprefix(PREFIX)] = value
+            if key.startswith(options_of):
+                fields["options"][key.removeprefix(options_of)] = value
+            elif "." not in key:  # defense, scale, seed; an unknown one fails validation
+                fields[key] = value
         return cls(**fields)
 
 
@@ -72,5 +71,5 @@ def _config_value(name: str, value: Any) -> Any:
     if isinstance(value, tuple):
         value = list(value)
     if value is None or isinstance(value, dict):
-        raise ConfigError(f"options.{name}: {value!r} cannot travel in a Flower config; use a scalar or a list of scalars")
+        raise ConfigError(f"{name}: {value!r} cannot travel in a Flower config; use a scalar or a list of scalars")
     return value
