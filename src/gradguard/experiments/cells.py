@@ -19,7 +19,7 @@ from ..data import load_dataset
 from ..defenses import Defense, DefenseContext
 from ..grads import batch_gradient
 from ..metrics import label_accuracy, score_reconstruction
-from ..models import model_for
+from ..models import build_model, model_for
 
 
 def derived_generator(*parts: Any) -> torch.Generator:
@@ -45,11 +45,16 @@ def target_indices(num_train: int, count: int, generator: torch.Generator, pool:
     return torch.randperm(min(pool, num_train), generator=generator)[:count].tolist()
 
 
-def seeded_model(dataset, name: str, seed: int, **options) -> torch.nn.Module:
-    """The model the attacker sees, initialised from the seed without touching the global RNG."""
+def seeded_model(dataset, name: str, seed: int, normalised: bool = True, **options) -> torch.nn.Module:
+    """The model the attacker sees, initialised from the seed without touching the global RNG.
+
+    ``normalised=False`` leaves out the dataset's normalisation layer, as DLG's own LeNet does:
+    DLG's L-BFGS at lr 1 diverges on most images through it (docs/attacks.md)."""
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        return model_for(dataset, name, **options)
+        if normalised:
+            return model_for(dataset, name, **options)
+        return build_model(name, dataset.image_shape, dataset.num_classes, **options)
 
 
 def observe(defense, model, x, y, rounds: int, generator_of) -> "Observation":
@@ -77,7 +82,7 @@ def attack_cell(config: dict[str, Any], data_root: Path | None) -> dict[str, Any
 
     dataset = load_dataset(config["dataset"], data_root)
     seed = config["seed"]
-    model = seeded_model(dataset, config["model"], seed, **config.get("model_options", {}))
+    model = seeded_model(dataset, config["model"], seed, config["normalised"], **config["model_options"])
     defense = Defense.from_config(config["defense"], **config["defense_options"])
     attack = Attack.from_config(config["attack"], **config["attack_overrides"])
     adaptive = adaptive_attack(**config["adaptive"]) if config.get("adaptive") else None

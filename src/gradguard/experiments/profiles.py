@@ -40,8 +40,19 @@ KNOBS: dict[str, Knob] = {
 }
 
 # Columns of the privacy table; "soteria-muted" is soteria attacked with its layer muted.
-PRIVACY_COLUMNS = ("none", "graddefense", "gc", "dp-gaussian", "dp-laplace", "soteria", "soteria-muted")
-TRAINED_DEFENSES = ("none", "graddefense", "gc", "dp-gaussian", "dp-laplace", "soteria")
+PRIVACY_COLUMNS = ("none", "graddefense", "graddefense-paper", "gc", "dp-gaussian", "dp-laplace", "soteria",
+                   "soteria-muted")
+TRAINED_DEFENSES = ("none", "graddefense", "graddefense-paper", "gc", "dp-gaussian", "dp-laplace", "soteria")
+
+# Which defenses each adaptive attack makes sense against (DESIGN.md section 3, issue 8):
+# muting needs slices left clean; denoising and combining rounds need random noise of public scale.
+NOISY = frozenset({"graddefense", "graddefense-paper", "dp-gaussian", "dp-laplace"})
+ADAPTIVE_TARGETS: dict[str, frozenset[str]] = {
+    "oracle-mute": frozenset({"graddefense-paper"}),
+    "detect-mute": frozenset({"graddefense-paper"}),
+    "compensate-invert": NOISY,
+    "multi-round": NOISY,
+}
 
 
 class TrainSettings(BaseModel):
@@ -67,6 +78,10 @@ class Profile(BaseModel):
     model: str = "lenet"
     attack_model_options: dict[str, Any] = Field(default_factory=lambda: {"dlg_init": True},
                                                  description="the attacked model as DLG attacks it: at initialisation")
+    unnormalised_attacks: list[str] = Field(default_factory=lambda: ["dlg"],
+                                            description="attacks run on the model without its normalisation layer")
+    adaptive: list[str] = Field(default_factory=list, description="adaptive attacks of the security table")
+    adaptive_rounds: int = Field(4, ge=2, description="observations the multi-round attacker combines")
     attacks: list[str] = Field(default_factory=lambda: ["dlg", "gia"])
     defenses: list[str] = Field(default_factory=lambda: list(PRIVACY_COLUMNS))
     images: int = 4
@@ -87,20 +102,22 @@ class Profile(BaseModel):
 
 
 PROFILES: dict[str, Profile] = {
-    "tiny": Profile(
-        name="tiny", datasets=["mnist-sample"], images=2, search_steps=1,
-        attack_overrides={"dlg": {"iterations": 5}, "gia": {"iterations": 5, "restarts": 1}},
-        train=TrainSettings(clients=4, rounds=2, local_steps=1, eval_every=1),
+    "tiny": Profile(  # for the test suite: every code path, almost no optimisation
+        name="tiny", datasets=["mnist-sample"], images=1, search_steps=1, adaptive=list(ADAPTIVE_TARGETS),
+        adaptive_rounds=2, strengths={"dp-gaussian": 0.1, "dp-laplace": 0.1, "soteria": 0.5},
+        attack_overrides={"dlg": {"iterations": 2, "lbfgs_max_iter": 2}, "gia": {"iterations": 2, "restarts": 1}},
+        train=TrainSettings(clients=2, rounds=2, local_steps=1, batch_size=8, eval_every=1),
     ),
     "quick": Profile(
-        name="quick", datasets=["mnist-sample"], images=4, search_steps=3,
-        attack_overrides={"gia": {"iterations": 600, "restarts": 1}},
-        train=TrainSettings(clients=10, rounds=20, local_steps=5, eval_every=2),
+        name="quick", datasets=["mnist-sample"], images=2, search_steps=2, adaptive=list(ADAPTIVE_TARGETS),
+        attack_overrides={"dlg": {"iterations": 100, "restarts": 2}, "gia": {"iterations": 300, "restarts": 1}},
+        train=TrainSettings(clients=5, rounds=10, local_steps=2, eval_every=2),
     ),
     "paper": Profile(
-        name="paper", datasets=["mnist", "fashion-mnist", "cifar10"], images=8, search_steps=5,
-        attack_overrides={"gia": {"iterations": 2400, "restarts": 2}},
-        train=TrainSettings(clients=10, rounds=50, local_steps=10, eval_every=5),
+        name="paper", datasets=["mnist", "fashion-mnist", "cifar10"], images=4, search_steps=3,
+        adaptive=list(ADAPTIVE_TARGETS),
+        attack_overrides={"dlg": {"iterations": 300, "restarts": 2}, "gia": {"iterations": 1200, "restarts": 1}},
+        train=TrainSettings(clients=10, rounds=30, local_steps=5, eval_every=5),
     ),
 }
 

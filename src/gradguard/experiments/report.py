@@ -13,7 +13,7 @@ from typing import Any
 from ..errors import GradguardError
 from . import figures
 from .store import ResultStore, cell_key
-from .tables import Table, accuracy_table, privacy_table, strength_table
+from .tables import Table, accuracy_table, privacy_table, security_table, strength_table
 
 
 def versions() -> dict[str, str]:
@@ -51,7 +51,8 @@ def build_report(folder: str | Path) -> Path:
     images: list[tuple[str, Path]] = []
     plan = store.meta("plan")
     if plan:
-        tables += [privacy_table(store, plan), accuracy_table(store, plan), strength_table(plan)]
+        tables += [privacy_table(store, plan), accuracy_table(store, plan), security_table(store, plan),
+                   strength_table(plan)]
         for attack in dict.fromkeys(p["attack"] for p in plan["privacy"]):
             images.append((f"Reconstructions by {attack}",
                            figures.reconstruction_grid(store, plan, attack, out / f"reconstructions_{attack}.png")))

@@ -11,7 +11,7 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from ..errors import DatasetNotFoundError
-from .profiles import KNOBS, PRIVACY_COLUMNS, TRAINED_DEFENSES, Profile
+from .profiles import ADAPTIVE_TARGETS, KNOBS, TRAINED_DEFENSES, Profile
 from .runner import CellRunner
 from .search import weakest_matching_strength
 
@@ -19,13 +19,17 @@ MUTED_LAYER = "fc.weight"  # the last linear layer's weight gradient: where Sote
 
 
 def attack_config(profile: Profile, dataset: str, attack: str, defense: str, options: dict[str, Any],
-                  muted: bool = False) -> dict[str, Any]:
+                  muted: bool = False, adaptive: str | None = None) -> dict[str, Any]:
     overrides = dict(profile.attack_overrides.get(attack, {}))
     if muted:
         overrides["mute"] = [MUTED_LAYER]
+    adaptive_config = None
+    if adaptive is not None:
+        adaptive_config = {"name": adaptive, **({"rounds": profile.adaptive_rounds} if adaptive == "multi-round" else {})}
     return {"dataset": dataset, "model": profile.model, "model_options": profile.attack_model_options,
-            "attack": attack, "attack_overrides": overrides, "defense": defense, "defense_options": options,
-            "images": profile.images, "batch_size": profile.batch_size, "seed": profile.seed}
+            "normalised": attack not in profile.unnormalised_attacks, "attack": attack, "attack_overrides": overrides,
+            "defense": defense, "defense_options": options, "images": profile.images,
+            "batch_size": profile.batch_size, "seed": profile.seed, "adaptive": adaptive_config}
 
 
 def train_config(profile: Profile, dataset: str, defense: str, options: dict[str, Any]) -> dict[str, Any]:
@@ -74,7 +78,7 @@ def column_defense(column: str) -> str:
 
 def run_dataset(runner: CellRunner, profile: Profile, dataset: str) -> dict[str, Any]:
     """Every cell of one dataset; returns the plan (which cell fills which table entry)."""
-    options: dict[str, dict[str, Any]] = {"none": {}, "graddefense": {}}
+    options: dict[str, dict[str, Any]] = {"none": {}, "graddefense": {}, "graddefense-paper": {}}
     strengths = {}
     for baseline in KNOBS:
         if baseline in {column_defense(c) for c in profile.defenses}:
@@ -87,6 +91,13 @@ def run_dataset(runner: CellRunner, profile: Profile, dataset: str) -> dict[str,
                                 muted=column == "soteria-muted")
             runner.compute("attack", cfg)
             privacy.append({"dataset": dataset, "attack": attack, "column": column, "config": cfg})
+    security = []
+    for adaptive in profile.adaptive:
+        for defense in dict.fromkeys(column_defense(c) for c in profile.defenses):
+            if defense in ADAPTIVE_TARGETS[adaptive]:
+                cfg = attack_config(profile, dataset, profile.search_attack, defense, options[defense], adaptive=adaptive)
+                runner.compute("attack", cfg)
+                security.append({"dataset": dataset, "attack": adaptive, "column": defense, "config": cfg})
     training = []
     if dataset in (profile.train_datasets or profile.datasets):
         for defense in TRAINED_DEFENSES:
@@ -94,7 +105,7 @@ def run_dataset(runner: CellRunner, profile: Profile, dataset: str) -> dict[str,
                 cfg = train_config(profile, dataset, defense, options[defense])
                 runner.compute("train", cfg)
                 training.append({"dataset": dataset, "defense": defense, "config": cfg})
-    return {"privacy": privacy, "training": training, "strengths": strengths}
+    return {"privacy": privacy, "security": security, "training": training, "strengths": strengths}
 
 
 def reproduce(runner: CellRunner, profile: Profile) -> dict[str, Any]:
@@ -104,6 +115,7 @@ def reproduce(runner: CellRunner, profile: Profile) -> dict[str, Any]:
     with ThreadPoolExecutor(max(1, min(runner.jobs, len(profile.datasets)))) as threads:
         parts = list(threads.map(lambda d: run_dataset(runner, profile, d), profile.datasets))
     plan = {"privacy": [p for part in parts for p in part["privacy"]],
+            "security": [a for part in parts for a in part["security"]],
             "training": [t for part in parts for t in part["training"]],
             "strengths": {d: part["strengths"] for d, part in zip(profile.datasets, parts)}}
     runner.store.set_meta("plan", plan)

@@ -77,3 +77,40 @@ def strength_table(plan: dict[str, Any]) -> Table:
                 + ("" if info["met"] else " (target not reached at the strongest setting)"))
             rows.append([dataset, baseline, option, how])
     return Table("Baseline strengths at equal privacy", ["dataset", "baseline", "setting", "how it was set"], rows)
+
+
+def security_table(store: ResultStore, plan: dict[str, Any]) -> Table:
+    """Per defense: the best reconstruction over every plain and adaptive attack (the oracle
+    apart), against the floor of a guess that uses no gradient (the mean training image)."""
+    attacked: dict[tuple[str, str], list[tuple[str, dict[str, Any]]]] = {}
+    for entry in plan["privacy"] + plan.get("security", []):
+        result = _result(store, "attack", entry["config"])
+        if result is None:
+            continue
+        defense = "soteria" if entry["column"] == "soteria-muted" else entry["column"]
+        label = entry["attack"] + ("-muted" if entry["column"] == "soteria-muted" else "")
+        attacked.setdefault((entry["dataset"], defense), []).append((label, result))
+    accuracy = {(t["dataset"], t["defense"]): _result(store, "train", t["config"]) for t in plan["training"]}
+    rows = []
+    for (dataset, defense), results in attacked.items():
+        fair = [(label, r) for label, r in results if label != "oracle-mute"]
+        best_psnr = max(fair, key=lambda item: item[1]["psnr_mean"])
+        best_ssim = max(fair, key=lambda item: item[1]["ssim_mean"])
+        floor = results[0][1]
+        oracle = next((r for label, r in results if label == "oracle-mute"), None)
+        detect = next((r for label, r in results if label == "detect-mute"), None)
+        trained = accuracy.get((dataset, defense))
+        holds = (best_psnr[1]["psnr_mean"] <= floor["floor_psnr"] + 2.0
+                 and best_ssim[1]["ssim_mean"] <= floor["floor_ssim"] + 0.05)
+        rows.append([
+            dataset, defense, f"{floor['floor_psnr']:.1f} dB / {floor['floor_ssim']:.2f}",
+            f"{best_psnr[1]['psnr_mean']:.1f} dB ({best_psnr[0]})", f"{best_ssim[1]['ssim_mean']:.2f} ({best_ssim[0]})",
+            "yes" if holds else "no",
+            "-" if oracle is None else f"{oracle['psnr_mean']:.1f} dB",
+            "-" if detect is None or not detect["detection"] else
+            f"{detect['detection']['precision']:.2f} / {detect['detection']['recall']:.2f}",
+            "-" if trained is None else f"{100 * trained['accuracy']:.2f}%",
+        ])
+    return Table("Security: best attack per defense (plain and adaptive) against the no-gradient floor",
+                 ["dataset", "defense", "floor PSNR / SSIM", "best PSNR (attack)", "best SSIM (attack)",
+                  "within 2 dB & 0.05 of floor", "oracle-mute PSNR", "detect-mute precision / recall", "ACC"], rows)
