@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import sys
 
-from . import info  # noqa: F401  (each import registers its commands)
+from . import defenses, info  # noqa: F401  (each import registers its commands)
 from . import train  # noqa: F401
 from .app import COMMANDS, command, run
 

@@ -1,0 +1,60 @@
+"""``dp-gaussian`` and ``dp-laplace``: noise on every element, the DLG paper's baselines.
+
+Despite the names (kept from the literature) these add noise only: there is no clipping, so a
+sample's influence is unbounded and they carry NO formal differential-privacy guarantee. Use
+``dpsgd`` for a guarantee with an epsilon.
+"""
+
+from __future__ import annotations
+
+from typing import Callable, ClassVar
+
+import torch
+from pydantic import Field
+from torch import Tensor
+
+from .base import Defense, DefenseConfig, check_finite, register
+from .rng import generator_for, laplace, normal
+
+
+class GaussianNoiseConfig(DefenseConfig):
+    sigma: float = Field(1e-3, ge=0, description="std of the Gaussian noise added to every gradient element "
+                                                 "(noise only, no formal privacy guarantee)")
+
+
+class LaplaceNoiseConfig(DefenseConfig):
+    scale: float = Field(1e-3, ge=0, description="b: scale of the Laplace noise added to every gradient element "
+                                                 "(std = b * sqrt 2; noise only, no formal privacy guarantee)")
+
+
+class _ElementNoise(Defense):
+    """Add i.i.d. noise of one distribution (``draw``, unit scale) times the ``scale_field`` option."""
+
+    draw: ClassVar[Callable[[int, torch.Generator, Tensor], Tensor]]
+    scale_field: ClassVar[str]
+
+    def defend(self, grads, context):
+        check_finite(grads, self.name)
+        generator = generator_for(context)
+        scale = getattr(self.config, self.scale_field)
+        return [g + scale * self.draw(g.numel(), generator, g).view_as(g) for g in grads]
+
+
+@register
+class GaussianNoise(_ElementNoise):
+    """N(0, sigma^2) on every element (noise only, no formal guarantee)."""
+
+    name = "dp-gaussian"
+    Config = GaussianNoiseConfig
+    draw = staticmethod(normal)
+    scale_field = "sigma"
+
+
+@register
+class LaplaceNoise(_ElementNoise):
+    """Laplace(0, b) on every element (noise only, no formal guarantee)."""
+
+    name = "dp-laplace"
+    Config = LaplaceNoiseConfig
+    draw = staticmethod(laplace)
+    scale_field = "scale"

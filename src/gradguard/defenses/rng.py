@@ -1,0 +1,37 @@
+"""Random draws for defenses: always from an explicit ``torch.Generator``, never the global RNG.
+
+DESIGN.md: a defense's noise comes from OS entropy unless the user asks for reproducibility,
+in which case the caller passes a seeded generator in the :class:`DefenseContext`.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+
+def generator_for(context) -> torch.Generator:
+    """The context's generator, or a fresh one seeded from OS entropy when it has none."""
+    if context.generator is not None:
+        return context.generator
+    generator = torch.Generator()
+    generator.seed()  # std::random_device: does not read or advance the global RNG
+    return generator
+
+
+def normal(count: int, generator: torch.Generator, like: Tensor) -> Tensor:
+    """``count`` standard normal draws on the generator's device, returned on ``like``'s device/dtype."""
+    draws = torch.randn(count, generator=generator, device=generator.device)
+    return draws.to(device=like.device, dtype=like.dtype)
+
+
+def laplace(count: int, generator: torch.Generator, like: Tensor) -> Tensor:
+    """``count`` draws of the standard Laplace distribution (scale 1) by inverting its CDF."""
+    u = torch.rand(count, generator=generator, device=generator.device, dtype=torch.float64) - 0.5
+    draws = -torch.sign(u) * torch.log1p(-2 * u.abs().clamp(max=0.5 - 1e-12))
+    return draws.to(device=like.device, dtype=like.dtype)
+
+
+def choose(k: int, n: int, generator: torch.Generator) -> Tensor:
+    """``k`` distinct indices out of ``n``, uniformly at random (a random k-subset)."""
+    return torch.randperm(n, generator=generator, device=generator.device)[:k].cpu()

@@ -1,0 +1,181 @@
+"""graddefense: where the noise lands, how slices are chosen, risk, clipping, state and bad input."""
+
+import pytest
+import torch
+from scipy.stats import chisquare
+
+from gradguard import batch_gradient, load_dataset, model_for, per_sample_gradients
+from gradguard.defenses import Defense, DefenseContext, GradDefense
+from gradguard.defenses.compensation import aggregate_noise_variance
+from gradguard.defenses.sensitivity import tensor_risks
+from gradguard.errors import ConfigError
+from gradguard.grads import flatten
+
+
+def zeros_gradient(*sizes):
+    return [torch.zeros(n) for n in sizes]
+
+
+def seeded(seed):
+    return torch.Generator().manual_seed(seed)
+
+
+def uniform_defense(**options):
+    return GradDefense(sensitivity="uniform", **options)
+
+
+@pytest.fixture(scope="module")
+def lenet_batch():
+    data = load_dataset("mnist-sample")
+    order = torch.randperm(len(data.y_train), generator=seeded(0))[:64]  # the sample is sorted by label
+    model = model_for(data, "lenet")
+    return model, data.x_train[order], data.y_train[order]
+
+
+def test_noise_only_in_chosen_slices_with_configured_variance():
+    defense = uniform_defense(sigma=0.5, slices=10, chosen=3)
+    grads = zeros_gradient(12_000, 8_000)
+    out = flatten(defense.defend(grads, DefenseContext(generator=seeded(1))))
+    bounds = defense._clients[0].bounds
+    noisy = [bool((out[a:b] != 0).all()) for a, b in zip(bounds[:-1], bounds[1:])]
+    clean = [bool((out[a:b] == 0).all()) for a, b in zip(bounds[:-1], bounds[1:])]
+    assert sum(noisy) == 3 and sum(clean) == 7  # every slice is wholly noisy or wholly clean
+    values = out[out != 0]
+    assert values.numel() == 6000
+    assert abs(float(values.std()) / 0.5 - 1) < 0.05
+    assert abs(float(values.mean())) < 0.05
+
+
+def test_selection_is_uniform_over_slices():
+    defense = uniform_defense(sigma=1.0, slices=6, chosen=2)
+    generator, counts = seeded(2), torch.zeros(6)
+    for _ in range(1200):
+        out = flatten(defense.defend(zeros_gradient(60), DefenseContext(generator=generator)))
+        counts += (out.view(6, 10) != 0).all(1).float()
+    assert counts.sum() == 2400
+    assert chisquare(counts.numpy()).pvalue > 1e-3
+
+
+def test_clients_and_rounds_get_independent_selections():
+    defense = uniform_defense(sigma=1.0, slices=10, chosen=5)
+    generators = {0: seeded(3), 1: seeded(4)}
+    masks = {0: [], 1: []}
+    for round_ in range(400):
+        for client, generator in generators.items():
+            context = DefenseContext(generator=generator, client=client, round=round_)
+            masks[client].append((flatten(defense.defend(zeros_gradient(100), context)).view(10, 10) != 0).all(1))
+    a, b = torch.stack(masks[0]).float(), torch.stack(masks[1]).float()
+    across_clients = torch.corrcoef(torch.stack([a.flatten(), b.flatten()]))[0, 1]
+    across_rounds = torch.corrcoef(torch.stack([a[1:].flatten(), a[:-1].flatten()]))[0, 1]
+    assert abs(float(across_clients)) < 0.1 and abs(float(across_rounds)) < 0.1
+    # Without a generator the noise comes from OS entropy: two calls differ.
+    first = defense.defend(zeros_gradient(100), DefenseContext())
+    second = defense.defend(zeros_gradient(100), DefenseContext())
+    assert not torch.equal(first[0], second[0])
+
+
+def test_aggregate_noise_variance_matches_simulation_for_unequal_weights():
+    weights = torch.tensor([0.5, 0.3, 0.15, 0.05])
+    defense = uniform_defense(sigma=2.0, slices=8, chosen=3)
+    generator = seeded(5)
+    aggregate = sum(w * flatten(defense.defend(zeros_gradient(40_000), DefenseContext(generator=generator, client=i)))
+                    for i, w in enumerate(weights))
+    expected = aggregate_noise_variance(2.0, 3 / 8, weights)
+    assert abs(float(aggregate.var()) / expected - 1) < 0.05
+
+
+def test_hutchinson_sees_last_layer_risk_that_ones_misses(lenet_batch):
+    model, x, y = lenet_batch
+    hutchinson = tensor_risks(model, x[:20], y[:20], probe="hutchinson", probes=2, generator=seeded(6))
+    ones = tensor_risks(model, x[:20], y[:20], probe="ones")
+    fc = [i for i, p in enumerate(model.parameters()) if p is model.fc.weight][0]
+    assert hutchinson[fc] > 0.1 * hutchinson.max()
+    assert ones[fc] < 1e-4 * ones.max()
+
+
+def test_risk_refresh_every_r_rounds_per_client(lenet_batch, monkeypatch):
+    model, x, y = lenet_batch
+    calls = []
+    import gradguard.defenses.graddefense as module
+
+    def counting_risks(*args, **kwargs):
+        calls.append(1)
+        return tensor_risks(*args, **kwargs)
+
+    monkeypatch.setattr(module, "tensor_risks", counting_risks)
+    defense = GradDefense(refresh_every=2, probes=1, root_per_class=1)
+    grads = batch_gradient(model, x[:8], y[:8])
+    for round_ in range(5):
+        for client in (0, 1):
+            defense.defend(grads, DefenseContext(model=model, x=x[:8], y=y[:8], generator=seeded(round_),
+                                                 round=round_, client=client, local_data=(x, y)))
+    assert len(calls) == 6  # rounds 0, 2, 4 for each of two clients
+    assert defense._clients[0].refreshed == 4 and defense._clients[1].refreshed == 4
+
+
+def test_layer_slicing_cuts_at_layers(lenet_batch):
+    model, x, y = lenet_batch
+    defense = GradDefense(slicing="layers", sigma=1.0, slices=10, chosen=5)
+    grads = batch_gradient(model, x[:4], y[:4])
+    defense.defend(grads, DefenseContext(model=model, generator=seeded(7)))
+    sizes = [p.numel() for p in model.parameters()]
+    layer_ends = [sum(sizes[: i + 2]) for i in range(0, len(sizes), 2)]  # weight + bias per layer
+    assert defense._clients[0].bounds.tolist() == [0] + layer_ends
+    assert defense.noisy_fraction == 2 / 4
+
+
+def test_clipping_bounds_each_sample_in_chosen_slices(lenet_batch):
+    model, x, y = lenet_batch
+    per_sample = per_sample_gradients(model, x[:6], y[:6])
+    grads = [p.mean(0) for p in per_sample]
+    defense = GradDefense(sensitivity="uniform", sigma=0.0, clip=0.01, slices=4, chosen=2)
+    out = flatten(defense.defend(grads, DefenseContext(per_sample=per_sample, generator=seeded(8))))
+    clean, samples = flatten(grads), torch.cat([p.flatten(1) for p in per_sample], 1)
+    bounds = defense._clients[0].bounds
+    changed = 0
+    for a, b in zip(bounds[:-1].tolist(), bounds[1:].tolist()):
+        if torch.equal(out[a:b], clean[a:b]):
+            continue
+        changed += 1
+        part = samples[:, a:b]
+        clipped = part * (0.01 / part.norm(dim=1, keepdim=True)).clamp(max=1)
+        torch.testing.assert_close(out[a:b], clipped.mean(0))
+    assert changed == 2
+
+
+def test_global_rng_untouched_and_input_unchanged(lenet_batch):
+    model, x, y = lenet_batch
+    grads = batch_gradient(model, x[:4], y[:4])
+    copies = [g.clone() for g in grads]
+    state = torch.get_rng_state()
+    for name in ("graddefense", "gc", "dp-gaussian", "dp-laplace", "soteria", "dpsgd", "none"):
+        for generator in (None, seeded(9)):
+            Defense.from_config(name).defend(grads, DefenseContext(model=model, x=x[:4], y=y[:4], generator=generator,
+                                                                  local_data=(x, y)))
+    assert torch.equal(torch.get_rng_state(), state)
+    assert all(torch.equal(g, c) for g, c in zip(grads, copies))
+
+
+@pytest.mark.parametrize("bad", [float("nan"), float("inf")])
+def test_non_finite_gradients_are_refused_untouched(bad):
+    grads = zeros_gradient(50, 10)
+    grads[1][3] = bad
+    copies = [g.clone() for g in grads]
+    for name in ("graddefense", "gc", "dp-gaussian", "dp-laplace", "soteria", "dpsgd"):
+        with pytest.raises(ConfigError, match="NaN or inf"):
+            Defense.from_config(name).defend(grads, DefenseContext())
+    assert all(torch.equal(g, c) for g, c in zip(grads, copies) if torch.isfinite(c).all())
+    assert torch.isnan(grads[1][3]) or torch.isinf(grads[1][3])
+
+
+def test_bad_configurations_are_clear_errors():
+    with pytest.raises(ValueError, match="chosen"):
+        GradDefense(slices=4, chosen=5)
+    with pytest.raises(ValueError, match="sigma"):
+        GradDefense(sigma=-1.0)
+    grads = zeros_gradient(5)
+    with pytest.raises(ConfigError, match="slices=10 is more than"):
+        uniform_defense().defend(grads, DefenseContext())
+    assert torch.equal(grads[0], torch.zeros(5))
+    with pytest.raises(ConfigError, match="needs context.model"):
+        GradDefense().defend(zeros_gradient(50), DefenseContext())
