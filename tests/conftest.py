@@ -11,6 +11,11 @@ import torch
 
 from gradguard.data import load_dataset
 
+# The tests run many small tensor operations; on the shared 2-core machine two intra-op threads
+# spend most of their time waiting for each other (tests/test_fl*.py: 296 s with two threads,
+# 11 s with one). Results do not depend on the thread count.
+torch.set_num_threads(1)
+
 
 @pytest.fixture(scope="session")
 def mnist_sample():

@@ -74,3 +74,11 @@ def test_server_weights_by_sample_count_and_scales_fedavg_noise(probe, tiny_mnis
     assert scale == pytest.approx(0.1 * 4 ** 0.5)  # lr * sqrt(local steps): fresh noise every step
     run(tiny_mnist, True, algorithm="fedsgd", rounds=1)
     assert probe.compensators[-1].calls[0][1] == 1.0
+
+
+@pytest.mark.skipif("graddefense" not in DEFENSES, reason="graddefense is not registered in this build")
+def test_graddefense_gives_the_same_parameters_vectorized_and_looped(tiny_mnist):
+    options = dict(algorithm="fedavg", defense="graddefense", defense_options={})
+    vectorized, looped = run(tiny_mnist, True, **options), run(tiny_mnist, False, **options)
+    for name, value in looped.final_state.items():
+        torch.testing.assert_close(vectorized.final_state[name], value, atol=1e-5, rtol=0)

@@ -206,7 +206,7 @@ class VectorizedTrainer(LocalTrainer):
 
 
 def bn_statistics(model: nn.Module) -> dict[str, Tensor]:
-    """The running statistics of every BatchNorm layer, which FedAvg averages like parameters."""
+    """The running statistics of every BatchNorm layer, which the server averages with the update weights."""
     return {f"{prefix}.{n}" if prefix else n: b.detach().clone()
             for prefix, m in model.named_modules() if isinstance(m, _BatchNorm)
             for n, b in m.named_buffers(recurse=False) if b.is_floating_point()}
