@@ -89,17 +89,20 @@ def test_dpsgd_accounting_helpers_agree():
 
 
 def test_cli_options_build_a_validated_defense():
-    from gradguard.defenses.options import defense_from_cli, parse_options
+    from gradguard.cli.options import parse_key_values
 
-    defense = defense_from_cli("graddefense", ["sigma=0.2", "slices=8", "chosen=3", "clip=none", "refresh-every=5"])
+    def from_cli(name, pairs):
+        return Defense.from_config(name, **parse_key_values(pairs, "--defense-opt"))
+
+    defense = from_cli("graddefense", ["sigma=0.2", "slices=8", "chosen=3", "clip=none", "refresh-every=5"])
     assert (defense.config.sigma, defense.config.slices, defense.config.chosen) == (0.2, 8, 3)
     assert defense.config.clip is None and defense.config.refresh_every == 5
-    with pytest.raises(ValueError, match="key=value"):
-        parse_options(["sigma"])
+    with pytest.raises(ValueError, match="KEY=VALUE"):
+        parse_key_values(["sigma"], "--defense-opt")
     with pytest.raises(ValueError, match="sigma"):
-        defense_from_cli("graddefense", ["sigma=-1"])
+        from_cli("graddefense", ["sigma=-1"])
     with pytest.raises(ValueError, match="unknown name"):
-        defense_from_cli("nope")
+        from_cli("nope", [])
 
 
 def test_defenses_command_lists_every_defense(capsys):

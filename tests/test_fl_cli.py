@@ -3,7 +3,7 @@
 import json
 
 from gradguard.cli import run
-from gradguard.cli.train import _parse_defense_opts
+from gradguard.cli.options import parse_key_values
 
 
 def test_train_writes_json_csv_and_plot(tiny_mnist, tmp_path, capsys):
@@ -32,5 +32,5 @@ def test_bad_train_options_are_one_line_errors_and_write_nothing(tiny_mnist, tmp
 
 
 def test_defense_options_parse_json_values_and_keep_strings():
-    assert _parse_defense_opts(["sigma=0.1", "k=4", "clip=true", "mode=ones", "s=[1, 2]"]) == {
-        "sigma": 0.1, "k": 4, "clip": True, "mode": "ones", "s": [1, 2]}
+    assert parse_key_values(["sigma=0.1", "k=4", "clip=true", "mode=ones", "s=[1, 2]", "c=none"], "--defense-opt") == {
+        "sigma": 0.1, "k": 4, "clip": True, "mode": "ones", "s": [1, 2], "c": None}

@@ -7,33 +7,34 @@ import pytest
 from gradguard.cli import run
 from gradguard.errors import DatasetNotFoundError
 from gradguard.experiments import cells
-from gradguard.experiments.profiles import PROFILES, TrainSettings
+from gradguard.experiments.profiles import PROFILES
 from gradguard.experiments.report import build_report
 from gradguard.experiments.reproduce import reproduce
 from gradguard.experiments.runner import CellRunner
 from gradguard.experiments.store import ResultStore
 from gradguard.experiments.tables import accuracy_table, privacy_table
 
-SMALL = PROFILES["tiny"].model_copy(update={
-    "name": "small", "attacks": ["dlg"], "defenses": ["none", "graddefense", "gc"],
-    "train": TrainSettings(clients=3, rounds=2, local_steps=1, eval_every=1)})
+SMALL = PROFILES["tiny"].model_copy(update={"name": "small", "attacks": ["dlg"], "adaptive": [],
+                                           "defenses": ["none", "graddefense", "gc"]})
 
 
 def test_tiny_profile_produces_every_table_and_figure(tmp_path):
     with CellRunner(ResultStore(tmp_path)) as runner:
         plan = reproduce(runner, PROFILES["tiny"])
-    assert {p["column"] for p in plan["privacy"]} == {"none", "graddefense", "gc", "dp-gaussian", "dp-laplace",
-                                                       "soteria", "soteria-muted"}
+    assert {p["column"] for p in plan["privacy"]} == {"none", "graddefense", "graddefense-paper", "gc", "dp-gaussian",
+                                                       "dp-laplace", "soteria", "soteria-muted"}
+    assert {p["attack"] for p in plan["security"]} == {"oracle-mute", "detect-mute", "compensate-invert", "multi-round"}
     page = build_report(tmp_path)
     report = page.parent
-    for name in ("tables.md", "table1.csv", "table2.csv", "table3.csv", "reconstructions_dlg.png",
+    for name in ("tables.md", "table1.csv", "table2.csv", "table3.csv", "table4.csv", "reconstructions_dlg.png",
                  "reconstructions_gia.png", "accuracy_curves.png", "privacy_utility.png"):
         assert (report / name).is_file(), name
     text = page.read_text()
     for figure in report.glob("*.png"):
         assert f"({figure.name})" in text, f"{figure.name} is not in the HTML page"
     assert text.count("data:image/png;base64,") == len(list(report.glob("*.png")))
-    assert "pending" not in (report / "tables.md").read_text()
+    tables = (report / "tables.md").read_text()
+    assert "pending" not in tables and "Security" in tables
 
 
 def _tables_without_time(folder):

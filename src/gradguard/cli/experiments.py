@@ -29,7 +29,8 @@ def _describe(kind: str, config: dict) -> str:
     if kind == "attack":
         options = ",".join(f"{k}={v:.3g}" for k, v in config["defense_options"].items())
         muted = " (muted)" if config["attack_overrides"].get("mute") else ""
-        return f"{config['dataset']}: {config['attack']}{muted} vs {config['defense']} {options}".strip()
+        adaptive = f"{config['adaptive']['name']} + " if config.get("adaptive") else ""
+        return f"{config['dataset']}: {adaptive}{config['attack']}{muted} vs {config['defense']} {options}".strip()
     return f"{config['dataset']}: train with {config['defense']}"
 
 

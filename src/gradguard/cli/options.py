@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import json
 from pathlib import Path
 
 
@@ -29,26 +30,26 @@ def add_out_option(p: argparse.ArgumentParser, default: str) -> None:
     p.add_argument("--out", type=Path, default=Path(default), help="output folder")
 
 
-def parse_value(text: str) -> bool | int | float | str:
-    """A command-line option value: true/false, then int, then float, else the string itself."""
-    if text.lower() in ("true", "false"):
-        return text.lower() == "true"
-    for kind in (int, float):
-        try:
-            return kind(text)
-        except ValueError:
-            pass
-    return text
+def parse_value(text: str):
+    """A command-line option value: JSON where it parses (numbers, true, false, null, lists),
+    ``none`` as None, else the string itself; typed configs validate it further."""
+    if text.lower() == "none":
+        return None
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError:
+        return text
 
 
-def parse_key_values(pairs: list[str] | None, what: str) -> dict[str, bool | int | float | str]:
-    """``["sigma=0.1", "k=3"]`` -> ``{"sigma": 0.1, "k": 3}``; ``what`` names the option in errors."""
+def parse_key_values(pairs: list[str] | None, what: str) -> dict:
+    """``["sigma=0.1", "refresh-every=5"]`` -> ``{"sigma": 0.1, "refresh_every": 5}``; ``what``
+    names the option in errors (``--defense-opt``, ``--model-opt``)."""
     from ..errors import ConfigError
 
     options = {}
     for pair in pairs or []:
         key, sep, value = pair.partition("=")
         if not sep or not key:
-            raise ConfigError(f"{what}: expected KEY=VALUE, got {pair!r}")
+            raise ConfigError(f"{what}: expected KEY=VALUE (e.g. sigma=0.1), got {pair!r}")
         options[key.strip().replace("-", "_")] = parse_value(value.strip())
     return options

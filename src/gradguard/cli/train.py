@@ -3,28 +3,12 @@
 from __future__ import annotations
 
 import argparse
-import json
 from pathlib import Path
 
 from .app import UsageError, command
-from .options import add_data_options, add_model_option, add_out_option, add_seed_option
+from .options import add_data_options, add_model_option, add_out_option, add_seed_option, parse_key_values
 
 RESULT_FILES = ("history.json", "history.csv", "accuracy.png")
-
-
-def _parse_defense_opts(pairs: list[str]) -> dict:
-    """``["k=v", ...]`` -> ``{k: v}``; values are read as JSON where they parse (numbers, true,
-    false, null, lists), else kept as strings."""
-    options = {}
-    for pair in pairs:
-        key, sep, text = pair.partition("=")
-        if not sep or not key:
-            raise UsageError(f"option {pair!r}: expected KEY=VALUE, e.g. sigma=0.1")
-        try:
-            options[key] = json.loads(text)
-        except json.JSONDecodeError:
-            options[key] = text
-    return options
 
 
 def configure(p: argparse.ArgumentParser) -> None:
@@ -60,8 +44,8 @@ def config_from_args(args: argparse.Namespace):
 
     return SimulationConfig(
         dataset=args.dataset, data_root=args.data_root, download=args.download, model=args.model,
-        model_options=_parse_defense_opts(args.model_opt) or None, defense=args.defense,
-        defense_options=_parse_defense_opts(args.defense_opt), algorithm=args.algorithm, clients=args.clients,
+        model_options=parse_key_values(args.model_opt, "--model-opt") or None, defense=args.defense,
+        defense_options=parse_key_values(args.defense_opt, "--defense-opt"), algorithm=args.algorithm, clients=args.clients,
         fraction=args.fraction, batch_size=args.batch_size, lr=args.lr, rounds=args.rounds,
         local_epochs=args.local_epochs, local_steps=args.local_steps, partition=args.partition, alpha=args.alpha,
         eval_every=args.eval_every, seed=args.seed, reproducible_noise=args.reproducible_noise,

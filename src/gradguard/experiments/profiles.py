@@ -119,6 +119,12 @@ PROFILES: dict[str, Profile] = {
         attack_overrides={"dlg": {"iterations": 300, "restarts": 2}, "gia": {"iterations": 1200, "restarts": 1}},
         train=TrainSettings(clients=10, rounds=30, local_steps=5, eval_every=5),
     ),
+    "security": Profile(  # issue 8's bar: the default against every attack, on the three datasets
+        name="security", datasets=["mnist", "fashion-mnist", "cifar10"], images=2,
+        defenses=["none", "graddefense", "graddefense-paper"], adaptive=list(ADAPTIVE_TARGETS),
+        attack_overrides={"dlg": {"iterations": 300, "restarts": 2}, "gia": {"iterations": 1200, "restarts": 1}},
+        train=TrainSettings(clients=10, rounds=30, local_steps=5, eval_every=5),
+    ),
 }
 
 
