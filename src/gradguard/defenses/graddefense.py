@@ -44,7 +44,7 @@ from .slicing import check_slice_count, group_bounds, risk_balanced_bounds
 class GradDefenseConfig(DefenseConfig):
     """Options of ``graddefense``; defaults are explained in docs/defenses.md."""
 
-    sigma: float = Field(0.3, ge=0, description="std of the Gaussian noise added to every element of a chosen slice "
+    sigma: float = Field(0.1, ge=0, description="std of the Gaussian noise added to every element of a chosen slice "
                                                 "(absolute, in gradient units)")
     slices: int = Field(10, ge=1, description="S: how many slices the gradient is cut into")
     chosen: int = Field(10, ge=1, description="k: how many of the S slices get noise, picked at random per client and "
@@ -81,6 +81,8 @@ class GradDefenseConfig(DefenseConfig):
 class GradDefensePaperConfig(GradDefenseConfig):
     """The paper's configuration: k = 5 of S = 10 slices, fresh noise every time."""
 
+    sigma: float = Field(0.3, ge=0, description="std of the Gaussian noise added to every element of a chosen slice "
+                                                "(absolute, in gradient units)")
     chosen: int = Field(5, ge=1, description="k: how many of the S slices get noise, picked at random per client and round")
     memoize: bool = Field(False, description="fresh noise on every call, as in the paper")
 
