@@ -80,3 +80,9 @@ def test_flatten_roundtrip():
     assert all(torch.equal(a, b) for a, b in zip(like, back))
     with pytest.raises(ValueError, match="18 elements, the shapes need 17"):
         unflatten(torch.zeros(18), like)
+
+
+def test_per_sample_gradients_refuse_batchnorm_in_training_mode():
+    model = build_model("convnet", (3, 32, 32), 10, width=4)
+    with pytest.raises(ConfigError, match="BatchNorm"):
+        per_sample_gradients(model, torch.rand(2, 3, 32, 32), torch.tensor([0, 1]))

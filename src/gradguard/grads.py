@@ -13,6 +13,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.func import functional_call, grad, vmap
 
+from .errors import ConfigError
+
 Gradient = list[Tensor]
 LossFn = Callable[[Tensor, Tensor], Tensor]
 
@@ -37,8 +39,13 @@ def batch_gradient(model: nn.Module, x: Tensor, y: Tensor, loss_fn: LossFn = F.c
 def per_sample_gradients(model: nn.Module, x: Tensor, y: Tensor, loss_fn: LossFn = F.cross_entropy) -> Gradient:
     """Each sample's gradient: tensors of shape (batch, *param.shape), vectorised with vmap.
 
-    Buffers (e.g. BatchNorm statistics) are used as they are, not updated.
+    Buffers (e.g. BatchNorm statistics) are used as they are, not updated. A BatchNorm layer in
+    training mode mixes the samples of a batch, so a sample has no gradient of its own there:
+    like Opacus, this refuses it (put the model in eval mode, or use a model without BatchNorm).
     """
+    if model.training and any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in model.modules()):
+        raise ConfigError("per-sample gradients: BatchNorm in training mode mixes the samples of a batch; "
+                          "call model.eval() first or use a model without BatchNorm (e.g. lenet)")
     params = named_params(model)
     buffers = {n: b.detach() for n, b in model.named_buffers()}
 
