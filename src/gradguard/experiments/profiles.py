@@ -141,27 +141,35 @@ def _searched(profile: Profile) -> list[str]:
 
 def estimate_cells(profile: Profile) -> int:
     """How many cells a fresh run computes (searches counted at their full length)."""
-    per_dataset = len(profile.attacks) * len(profile.defenses) + len(_searched(profile)) * (profile.search_steps + 2)
+    adaptive = sum(len(ADAPTIVE_TARGETS[a] & set(profile.defenses)) for a in profile.adaptive)
+    per_dataset = (len(profile.attacks) * len(profile.defenses) + len(_searched(profile)) * (profile.search_steps + 2)
+                   + adaptive)
     trained = len([d for d in TRAINED_DEFENSES if d in profile.defenses])
     return per_dataset * len(profile.datasets) + trained * len(profile.train_datasets or profile.datasets)
 
 
-# Seconds per attack iteration per image, and per client step, measured on 2 CPU cores (LeNet).
-ATTACK_ITERATION_S = {"dlg": 0.004, "gia": 0.003}
-CLIENT_STEP_S = 0.003
+# Seconds per attack iteration per image and restart, and per client step, measured on the
+# 2-core development machine (LeNet; ``security`` profile cells); Soteria's per-step cost is
+# its per-feature input-gradient norms.
+ATTACK_ITERATION_S = {"dlg": 0.015, "gia": 0.002}
+CLIENT_STEP_S = 0.0025
+DEFENSE_STEP_S = {"soteria": 0.5}
 
 
 def estimate_seconds(profile: Profile) -> float:
-    """A rough duration for a fresh run, from per-iteration costs measured on 2 CPU cores."""
+    """A rough duration for a fresh run on one core, from the per-iteration costs above."""
     from ..attacks import Attack
 
+    columns = len(profile.defenses)
+    adaptive = sum(len(ADAPTIVE_TARGETS[a] & set(profile.defenses)) for a in profile.adaptive)
     attack_s = 0.0
     for attack in profile.attacks:
         config = Attack.from_config(attack, **profile.attack_overrides.get(attack, {})).config
-        runs = len(profile.defenses) + (len(_searched(profile)) * (profile.search_steps + 2)
-                                        if attack == profile.search_attack else 0)
-        attack_s += runs * profile.images * config.iterations * config.restarts * ATTACK_ITERATION_S.get(attack, 0.004)
+        runs = columns + (len(_searched(profile)) * (profile.search_steps + 2) + adaptive
+                          if attack == profile.search_attack else 0)
+        attack_s += runs * profile.images * config.iterations * config.restarts * ATTACK_ITERATION_S.get(attack, 0.01)
     train = profile.train
     steps = train.rounds * max(1, round(train.clients * train.fraction)) * (train.local_steps or 10)
-    train_s = len(TRAINED_DEFENSES) * steps * CLIENT_STEP_S
-    return (attack_s * len(profile.datasets) + train_s * len(profile.train_datasets or profile.datasets))
+    train_s = sum(steps * (CLIENT_STEP_S + DEFENSE_STEP_S.get(d, 0.0)) for d in TRAINED_DEFENSES
+                  if d in profile.defenses)
+    return attack_s * len(profile.datasets) + train_s * len(profile.train_datasets or profile.datasets)
