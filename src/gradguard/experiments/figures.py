@@ -14,6 +14,13 @@ from .cells import decode_images  # noqa: E402
 from .store import ResultStore, cell_key  # noqa: E402
 
 
+def _save(fig, path: Path) -> Path:
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
+
+
 def _show(ax, image) -> None:
     picture = image.permute(1, 2, 0).squeeze(-1).numpy()
     ax.imshow(picture, cmap="gray" if picture.ndim == 2 else None, vmin=0, vmax=1)
@@ -41,10 +48,7 @@ def reconstruction_grid(store: ResultStore, plan: dict[str, Any], attack: str, p
     for col, title in enumerate(["truth"] + columns):
         axes[0, col].set_title(title, fontsize=8)
     fig.suptitle(f"Reconstructions by {attack}", fontsize=9)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return path
+    return _save(fig, path)
 
 
 def accuracy_curves(store: ResultStore, plan: dict[str, Any], path: Path) -> Path:
@@ -62,10 +66,7 @@ def accuracy_curves(store: ResultStore, plan: dict[str, Any], path: Path) -> Pat
         ax.set_ylabel("test accuracy (%)")
         ax.grid(alpha=0.3)
         ax.legend(fontsize=7)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return path
+    return _save(fig, path)
 
 
 def privacy_utility(points: list[dict[str, Any]], path: Path, title: str = "Privacy vs utility") -> Path:
@@ -85,10 +86,7 @@ def privacy_utility(points: list[dict[str, Any]], path: Path, title: str = "Priv
     ax.set_title(title, fontsize=9)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=6)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return path
+    return _save(fig, path)
 
 
 def pareto_front(points: list[dict[str, Any]]) -> list[dict[str, Any]]:

@@ -65,18 +65,12 @@ class SimulationConfig(BaseModel):
             data = {**data, "model_options": dict(TRAINING_MODEL_OPTIONS.get(data.get("model", "lenet"), {}))}
         return data
 
-    @field_validator("model")
+    @field_validator("model", "defense")
     @classmethod
-    def _known_model(cls, name: str) -> str:
-        if name not in MODELS:
-            raise ValueError(f"unknown model {name!r}; choose one of {sorted(MODELS)}")
-        return name
-
-    @field_validator("defense")
-    @classmethod
-    def _known_defense(cls, name: str) -> str:
-        if name not in DEFENSES:
-            raise ValueError(f"unknown defense {name!r}; choose one of {sorted(DEFENSES)}")
+    def _registered(cls, name: str, info: ValidationInfo) -> str:
+        registry = MODELS if info.field_name == "model" else DEFENSES
+        if name not in registry:
+            raise ValueError(f"unknown {info.field_name} {name!r}; choose one of {sorted(registry)}")
         return name
 
     @field_validator("defense_options")
