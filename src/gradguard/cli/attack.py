@@ -84,17 +84,15 @@ def _build_model(data, args):
 
 
 def _observe(model, data, index, defense, generator):
-    """What the attacker sees: each target batch's (defended) gradient. Per-sample gradients are
-    computed only for defenses that read the batch (``needs_batch``)."""
+    """What the attacker sees: each target batch's (defended) gradient. Defenses that need
+    per-sample gradients compute them from the context's model and batch."""
     from ..defenses import DefenseContext
-    from ..grads import batch_gradient, per_sample_gradients
+    from ..grads import batch_gradient
 
     observed = []
     for rows in index:
         x, y = data.x_train[rows], data.y_train[rows]
-        per_sample = per_sample_gradients(model, x, y) if defense.needs_batch else None
-        context = DefenseContext(model=model, x=x, y=y, generator=generator, per_sample=per_sample,
-                                 local_data=(data.x_train, data.y_train))
+        context = DefenseContext(model=model, x=x, y=y, generator=generator, local_data=(data.x_train, data.y_train))
         observed.append([g.detach() for g in defense.defend(batch_gradient(model, x, y), context)])
     return observed
 
