@@ -111,7 +111,7 @@ PROFILES: dict[str, Profile] = {
     "quick": Profile(
         name="quick", datasets=["mnist-sample"], images=2, search_steps=2, adaptive=list(ADAPTIVE_TARGETS),
         attack_overrides={"dlg": {"iterations": 100, "restarts": 2}, "gia": {"iterations": 300, "restarts": 1}},
-        train=TrainSettings(clients=5, rounds=16, local_steps=5, eval_every=4),
+        train=TrainSettings(clients=5, rounds=12, local_steps=5, eval_every=4),
     ),
     "paper": Profile(
         name="paper", datasets=["mnist", "fashion-mnist", "cifar10"], images=4, search_steps=3,
