@@ -5,11 +5,12 @@ returns a :class:`Reconstruction`; ``reconstruct_many`` attacks several targets 
 restarts) in one vectorised optimisation. :data:`ATTACKS` lists the presets.
 """
 
+from .adaptive import ADAPTIVE, AdaptiveAttack, Observation, adaptive_attack
 from .attack import Attack, Reconstruction
 from .config import AttackConfig
 from .labels import idlg_labels, last_linear
 from .matching import DISTANCES, GradientMatcher, matching_weights, total_variation
 from .presets import ATTACKS
 
-__all__ = ["ATTACKS", "Attack", "AttackConfig", "DISTANCES", "GradientMatcher", "Reconstruction", "idlg_labels",
-           "last_linear", "matching_weights", "total_variation"]
+__all__ = ["ADAPTIVE", "ATTACKS", "AdaptiveAttack", "Attack", "AttackConfig", "DISTANCES", "GradientMatcher", "Observation", "Reconstruction",
+           "adaptive_attack", "idlg_labels", "last_linear", "matching_weights", "total_variation"]
