@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from gradguard import Attack, batch_gradient, score_reconstruction
-from gradguard.attacks.adaptive import Observation, adaptive_attack, combine_observations
+from gradguard.attacks.adaptive import adaptive_attack, combine_observations
 from gradguard.defenses import Defense, DefenseContext
 from gradguard.errors import ConfigError
 from gradguard.experiments.cells import observe, seeded_model

@@ -5,7 +5,6 @@ import re
 import pytest
 
 from gradguard.cli import run
-from gradguard.errors import DatasetNotFoundError
 from gradguard.experiments import cells
 from gradguard.experiments.profiles import PROFILES
 from gradguard.experiments.report import build_report

@@ -84,17 +84,11 @@ def _build_model(data, args):
 
 
 def _observe(model, data, index, defense, generator):
-    """What the attacker sees: each target batch's (defended) gradient. Defenses that need
-    per-sample gradients compute them from the context's model and batch."""
-    from ..defenses import DefenseContext
-    from ..grads import batch_gradient
+    """What the attacker sees: each target batch's defended gradient (the harness's ``observe``)."""
+    from ..experiments.cells import observe
 
-    observed = []
-    for rows in index:
-        x, y = data.x_train[rows], data.y_train[rows]
-        context = DefenseContext(model=model, x=x, y=y, generator=generator, local_data=(data.x_train, data.y_train))
-        observed.append([g.detach() for g in defense.defend(batch_gradient(model, x, y), context)])
-    return observed
+    return [[g.detach() for g in observe(defense, model, data.x_train[rows], data.y_train[rows], 1,
+                                         lambda r: generator).gradients[0]] for rows in index]
 
 
 def _labels_given(attacker, batch_size: int) -> bool:

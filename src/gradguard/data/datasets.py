@@ -8,17 +8,15 @@ model (DESIGN.md: pixel space everywhere), using :attr:`ImageDataset.mean` and `
 from __future__ import annotations
 
 import gzip
-import io
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 import torch
 from torch import Tensor
 
-from ..errors import ConfigError, DatasetFormatError, DatasetNotFoundError
+from ..errors import DatasetFormatError, DatasetNotFoundError
 
 DEFAULT_ROOT = Path(os.environ.get("GRADGUARD_CACHE", Path.home() / ".cache" / "gradguard"))
 DEBIAN_FASHION_MNIST = Path("/usr/share/datasets/fashion-mnist")

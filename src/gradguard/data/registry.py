@@ -26,9 +26,6 @@ class DatasetSpec:
         return [s.location(root) for s in self.sources]
 
 
-def _download_hint(name: str) -> str:
-    return f"run with --download (needs internet) or `gradguard datasets` to see where gradguard looks"
-
 
 DATASETS: dict[str, DatasetSpec] = {
     spec.name: spec

@@ -15,7 +15,7 @@ from typing import Protocol
 import numpy as np
 
 from ..errors import DatasetNotFoundError
-from .datasets import DEBIAN_FASHION_MNIST, DEFAULT_ROOT, ImageDataset, from_arrays, load_npz, read_idx
+from .datasets import DEFAULT_ROOT, ImageDataset, from_arrays, load_npz, read_idx
 
 
 class Source(Protocol):

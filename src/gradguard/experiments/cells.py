@@ -15,6 +15,8 @@ from typing import Any, Callable
 import numpy as np
 import torch
 
+from ..attacks import Attack
+from ..attacks.adaptive import Observation, adaptive_attack
 from ..data import load_dataset
 from ..defenses import Defense, DefenseContext
 from ..grads import batch_gradient
@@ -57,11 +59,9 @@ def seeded_model(dataset, name: str, seed: int, normalised: bool = True, **optio
         return build_model(name, dataset.image_shape, dataset.num_classes, **options)
 
 
-def observe(defense, model, x, y, rounds: int, generator_of) -> "Observation":
+def observe(defense, model, x, y, rounds: int, generator_of) -> Observation:
     """What the attacker sees of one batch: its defended gradient in ``rounds`` rounds at the
     same model (a replayed model), and the client's secret noisy elements for scoring."""
-    from ..attacks.adaptive import Observation
-
     clean = batch_gradient(model, x, y)
     gradients, secret = [], None
     for r in range(rounds):
@@ -77,9 +77,6 @@ def observe(defense, model, x, y, rounds: int, generator_of) -> "Observation":
 def attack_cell(config: dict[str, Any], data_root: Path | None) -> dict[str, Any]:
     """Attack ``images`` training images, ``batch_size`` at a time, through a defense; with an
     ``adaptive`` entry, the adaptive attacker prepares each observation first."""
-    from ..attacks import Attack
-    from ..attacks.adaptive import adaptive_attack
-
     dataset = load_dataset(config["dataset"], data_root)
     seed = config["seed"]
     model = seeded_model(dataset, config["model"], seed, config["normalised"], **config["model_options"])
