@@ -1,6 +1,12 @@
 """The reproduction harness end to end on a tiny profile, its resume guarantee, and its errors."""
 
+import os
 import re
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
 
 import pytest
 
@@ -67,6 +73,57 @@ def test_interrupted_run_resumes_computing_each_cell_once(tmp_path, monkeypatch)
     with CellRunner(ResultStore(tmp_path / "b")) as runner:
         reproduce(runner, SMALL)
     assert _tables_without_time(tmp_path / "a") == _tables_without_time(tmp_path / "b")
+
+
+def test_worker_processes_give_the_tables_of_an_inline_run(tmp_path):
+    with CellRunner(ResultStore(tmp_path / "inline")) as runner:
+        reproduce(runner, SMALL)
+    with CellRunner(ResultStore(tmp_path / "workers"), jobs=2) as runner:
+        reproduce(runner, SMALL)
+    assert len(runner.computed) == len(set(runner.computed)) == len(runner.store.cells()) - 1  # gc's search
+    assert _tables_without_time(tmp_path / "inline") == _tables_without_time(tmp_path / "workers")
+
+
+def _live_children(pid: int) -> list[int]:
+    """Processes whose parent is ``pid`` and that have not exited (zombies excluded)."""
+    children = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if fields[1] == str(pid) and fields[0] != "Z":
+            children.append(int(stat.parent.name))
+    return children
+
+
+def _alive(pid: int) -> bool:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
+@pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="reads the process table from /proc")
+def test_killing_the_run_with_sigkill_ends_its_workers(tmp_path):
+    run_ = subprocess.Popen([sys.executable, "-m", "gradguard", "reproduce", "--profile", "quick", "--jobs", "2",
+                             "--out", str(tmp_path)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 120
+        while len(workers := _live_children(run_.pid)) < 2 and time.monotonic() < deadline:
+            time.sleep(0.5)
+        assert len(workers) >= 2, "the run never started its workers"
+        time.sleep(5)  # let the workers import torch and take a cell
+    finally:
+        os.kill(run_.pid, signal.SIGKILL)
+        run_.wait()
+    deadline = time.monotonic() + 30
+    while any(_alive(pid) for pid in workers) and time.monotonic() < deadline:
+        time.sleep(0.5)
+    left = [pid for pid in workers if _alive(pid)]
+    for pid in left:
+        os.kill(pid, signal.SIGKILL)
+    assert not left, "workers outlived the killed run"
 
 
 def test_a_changed_config_makes_new_cells(tmp_path):

@@ -1,12 +1,15 @@
 """The reproduction: the paper's privacy and accuracy tables for one profile, cell by cell.
 
 Order of work, per dataset: attack ``none`` and ``graddefense``; find each baseline's strength
-at equal privacy (or take it from the profile); attack every column; train every defense.
-Independent chains run in threads that share the runner's worker processes.
+at equal privacy (or take it from the profile); then attack every column and train every
+defense. With worker processes, every dataset is one chain and, once its strengths are known,
+its attacks and its training run side by side, so the slow cells (Soteria's training) start
+early instead of leaving a worker idle at the end.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
@@ -76,14 +79,17 @@ def column_defense(column: str) -> str:
     return "soteria" if column == "soteria-muted" else column
 
 
-def run_dataset(runner: CellRunner, profile: Profile, dataset: str) -> dict[str, Any]:
-    """Every cell of one dataset; returns the plan (which cell fills which table entry)."""
-    options: dict[str, dict[str, Any]] = {"none": {}, "graddefense": {}, "graddefense-paper": {}}
-    strengths = {}
-    for baseline in KNOBS:
-        if baseline in {column_defense(c) for c in profile.defenses}:
-            strengths[baseline] = strength_for(runner, profile, dataset, baseline)
-            options[baseline] = strengths[baseline]["options"]
+def side_by_side(runner: CellRunner, *chains: Callable[[], Any]) -> list[Any]:
+    """Run independent chains of cells in threads when the runner has worker processes (they only
+    wait there); one after another otherwise."""
+    if runner.jobs <= 1 or len(chains) <= 1:
+        return [chain() for chain in chains]
+    with ThreadPoolExecutor(len(chains)) as threads:
+        return [f.result() for f in [threads.submit(chain) for chain in chains]]
+
+
+def attack_cells(runner: CellRunner, profile: Profile, dataset: str, options: dict[str, dict[str, Any]]) -> dict:
+    """The privacy columns and the adaptive attacks of one dataset."""
     privacy = []
     for attack in profile.attacks:
         for column in profile.defenses:
@@ -98,6 +104,11 @@ def run_dataset(runner: CellRunner, profile: Profile, dataset: str) -> dict[str,
                 cfg = attack_config(profile, dataset, profile.search_attack, defense, options[defense], adaptive=adaptive)
                 runner.compute("attack", cfg)
                 security.append({"dataset": dataset, "attack": adaptive, "column": defense, "config": cfg})
+    return {"privacy": privacy, "security": security}
+
+
+def train_cells(runner: CellRunner, profile: Profile, dataset: str, options: dict[str, dict[str, Any]]) -> list:
+    """One training run per defense of one dataset (none when the dataset is not trained on)."""
     training = []
     if dataset in (profile.train_datasets or profile.datasets):
         for defense in TRAINED_DEFENSES:
@@ -105,15 +116,27 @@ def run_dataset(runner: CellRunner, profile: Profile, dataset: str) -> dict[str,
                 cfg = train_config(profile, dataset, defense, options[defense])
                 runner.compute("train", cfg)
                 training.append({"dataset": dataset, "defense": defense, "config": cfg})
-    return {"privacy": privacy, "security": security, "training": training, "strengths": strengths}
+    return training
+
+
+def run_dataset(runner: CellRunner, profile: Profile, dataset: str) -> dict[str, Any]:
+    """Every cell of one dataset; returns the plan (which cell fills which table entry)."""
+    options: dict[str, dict[str, Any]] = {"none": {}, "graddefense": {}, "graddefense-paper": {}}
+    strengths = {}
+    for baseline in KNOBS:
+        if baseline in {column_defense(c) for c in profile.defenses}:
+            strengths[baseline] = strength_for(runner, profile, dataset, baseline)
+            options[baseline] = strengths[baseline]["options"]
+    attacked, training = side_by_side(runner, lambda: attack_cells(runner, profile, dataset, options),
+                                      lambda: train_cells(runner, profile, dataset, options))
+    return {**attacked, "training": training, "strengths": strengths}
 
 
 def reproduce(runner: CellRunner, profile: Profile) -> dict[str, Any]:
     """Run (or resume) every cell of ``profile``; the plan is saved in the store for the report."""
     check_datasets(profile, runner.data_root)
     runner.store.set_meta("profile", profile.model_dump())
-    with ThreadPoolExecutor(max(1, min(runner.jobs, len(profile.datasets)))) as threads:
-        parts = list(threads.map(lambda d: run_dataset(runner, profile, d), profile.datasets))
+    parts = side_by_side(runner, *[lambda d=d: run_dataset(runner, profile, d) for d in profile.datasets])
     plan = {"privacy": [p for part in parts for p in part["privacy"]],
             "security": [a for part in parts for a in part["security"]],
             "training": [t for part in parts for t in part["training"]],

@@ -7,6 +7,7 @@ stored result stands for a recomputation and an interrupted run resumes exactly.
 from __future__ import annotations
 
 import os
+import threading
 import time
 from concurrent.futures import Executor, ProcessPoolExecutor
 from dataclasses import dataclass, field
@@ -30,6 +31,18 @@ def _compute(kind: str, config: dict[str, Any], data_root: str | None, threads: 
     return result, time.perf_counter() - start
 
 
+def _exit_with_parent(parent: int, poll_s: float = 1.0) -> None:
+    """Worker initialiser: end this worker once the run that started it is gone (killed, even
+    with -9), instead of finishing a long cell nobody will store while a rerun competes for the
+    same cores."""
+    def watch() -> None:
+        while os.getppid() == parent:
+            time.sleep(poll_s)
+        os._exit(1)
+
+    threading.Thread(target=watch, name="exit-with-parent", daemon=True).start()
+
+
 @dataclass
 class CellRunner:
     """Computes cells through the store. ``jobs > 1`` runs them in that many worker processes;
@@ -45,7 +58,8 @@ class CellRunner:
 
     def __enter__(self) -> "CellRunner":
         if self.jobs > 1:
-            self._pool = ProcessPoolExecutor(self.jobs, mp_context=get_context("spawn"))
+            self._pool = ProcessPoolExecutor(self.jobs, mp_context=get_context("spawn"),
+                                             initializer=_exit_with_parent, initargs=(os.getpid(),))
         return self
 
     def __exit__(self, *exc) -> None:
