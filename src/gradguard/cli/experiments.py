@@ -41,6 +41,9 @@ def _runner(args, store, progress: Progress, total: int):
 
     def done(kind, config, cached):
         progress.update(task, advance=1, total=max(total, progress.tasks[task].completed + 1))
+        if not console.is_terminal and not cached:  # a log file gets one line per computed cell instead of a bar
+            state = progress.tasks[task]
+            console.print(f"{state.completed:.0f}/{state.total:.0f} {_describe(kind, config)}", soft_wrap=True)
 
     def start(kind, config):
         progress.update(task, description=_describe(kind, config))
