@@ -13,10 +13,10 @@ import pytest
 from gradguard.cli import run
 from gradguard.experiments import cells
 from gradguard.experiments.profiles import PROFILES
-from gradguard.experiments.report import build_report
+from gradguard.experiments.report import build_report, utility_points
 from gradguard.experiments.reproduce import reproduce
 from gradguard.experiments.runner import CellRunner
-from gradguard.experiments.store import ResultStore
+from gradguard.experiments.store import ResultStore, cell_key
 from gradguard.experiments.tables import accuracy_table, privacy_table
 
 SMALL = PROFILES["tiny"].model_copy(update={"name": "small", "attacks": ["dlg"], "adaptive": [],
@@ -40,6 +40,11 @@ def test_tiny_profile_produces_every_table_and_figure(tmp_path):
     assert text.count("data:image/png;base64,") == len(list(report.glob("*.png")))
     tables = (report / "tables.md").read_text()
     assert "pending" not in tables and "Security" in tables
+    store = ResultStore(tmp_path)
+    soteria = [store.get(cell_key("attack", p["config"])).result["psnr_mean"] for p in plan["privacy"]
+               if p["column"] in ("soteria", "soteria-muted")]
+    point = next(p for p in utility_points(store, plan) if p["defense"] == "soteria")
+    assert len(soteria) == 4 and point["psnr"] == max(soteria), "the plot shows Soteria's strongest attack"
 
 
 def _tables_without_time(folder):

@@ -6,6 +6,7 @@ import textwrap
 import pytest
 
 from gradguard.errors import GradguardError
+from gradguard.experiments.figures import pareto_front
 from gradguard.experiments.search import weakest_matching_strength
 from gradguard.experiments.store import ResultStore, cell_key
 
@@ -61,3 +62,10 @@ def test_search_reports_when_the_target_is_out_of_reach():
     result = weakest_matching_strength(lambda s: 40.0, 10.0, 1e-3, 1.0)
     assert not result.met and result.strength == 1.0
     assert weakest_matching_strength(lambda s: 5.0, 10.0, 1e-3, 1.0).strength == 1e-3
+
+
+def test_pareto_front_keeps_exactly_the_undominated_points():
+    points = [{"name": n, "psnr": psnr, "accuracy": acc} for n, psnr, acc in
+              [("private", 5.0, 0.5), ("accurate", 20.0, 0.9), ("balanced", 10.0, 0.8), ("dominated", 12.0, 0.7),
+               ("tie", 10.0, 0.8)]]
+    assert [p["name"] for p in pareto_front(points)] == ["private", "balanced", "tie", "accurate"]

@@ -28,15 +28,26 @@ def _show(ax, image) -> None:
     ax.set_yticks([])
 
 
-def reconstruction_grid(store: ResultStore, plan: dict[str, Any], attack: str, path: Path, image: int = 0) -> Path:
-    """Rows: datasets; columns: the truth, then the reconstruction under each defense column."""
+def _most_leaked_image(store: ResultStore, entries: list[dict[str, Any]]) -> int:
+    """Index of the image the attack without defense reconstructs best (0 without a ``none`` column):
+    the image on which a defense has the most to hide."""
+    undefended = next((e for e in entries if e["column"] == "none"), None)
+    cell = undefended and store.get(cell_key("attack", undefended["config"]))
+    return max(range(len(cell.result["psnr"])), key=cell.result["psnr"].__getitem__) if cell else 0
+
+
+def reconstruction_grid(store: ResultStore, plan: dict[str, Any], attack: str, path: Path) -> Path:
+    """Rows: datasets; columns: the truth, then the reconstruction under each defense column, for
+    each dataset's most leaked image."""
     entries = [p for p in plan["privacy"] if p["attack"] == attack]
     datasets = list(dict.fromkeys(p["dataset"] for p in entries))
     columns = list(dict.fromkeys(p["column"] for p in entries))
     fig, axes = plt.subplots(len(datasets), len(columns) + 1, squeeze=False,
-                             figsize=(1.4 * (len(columns) + 1), 1.5 * len(datasets) + 0.4))
+                             figsize=(1.4 * (len(columns) + 1), 1.5 * len(datasets) + 0.5))
     for row, dataset in enumerate(datasets):
-        for entry in (p for p in entries if p["dataset"] == dataset):
+        here = [p for p in entries if p["dataset"] == dataset]
+        image = _most_leaked_image(store, here)
+        for entry in here:
             cell = store.get(cell_key("attack", entry["config"]))
             if cell is None:
                 continue
@@ -44,10 +55,11 @@ def reconstruction_grid(store: ResultStore, plan: dict[str, Any], attack: str, p
             _show(axes[row, col], decode_images(cell.result["reconstruction"])[image])
             axes[row, col].set_xlabel(f"{cell.result['psnr'][image]:.1f} dB", fontsize=7)
             _show(axes[row, 0], decode_images(cell.result["truth"])[image])
-        axes[row, 0].set_ylabel(dataset, fontsize=8)
+        axes[row, 0].set_ylabel(f"{dataset} #{image}", fontsize=8)
     for col, title in enumerate(["truth"] + columns):
         axes[0, col].set_title(title, fontsize=8)
-    fig.suptitle(f"Reconstructions by {attack}", fontsize=9)
+    fig.suptitle(f"Reconstructions by {attack} (per dataset, the image it reconstructs best without defense)",
+                 fontsize=9)
     return _save(fig, path)
 
 
@@ -69,28 +81,34 @@ def accuracy_curves(store: ResultStore, plan: dict[str, Any], path: Path) -> Pat
     return _save(fig, path)
 
 
-def privacy_utility(points: list[dict[str, Any]], path: Path, title: str = "Privacy vs utility") -> Path:
-    """PSNR (lower = more private) against ACC; one series per (dataset, defense), joined in
-    order of strength, with the Pareto front (no point both more private and more accurate) marked."""
-    fig, ax = plt.subplots(figsize=(5.5, 4))
-    series: dict[str, list[dict[str, Any]]] = {}
-    for point in points:
-        series.setdefault(f"{point['dataset']}: {point['defense']}", []).append(point)
-    for label, pts in series.items():
-        pts.sort(key=lambda p: p.get("strength", 0.0))
-        ax.plot([100 * p["accuracy"] for p in pts], [p["psnr"] for p in pts], marker="o", label=label)
-    front = pareto_front(points)
-    ax.plot([100 * p["accuracy"] for p in front], [p["psnr"] for p in front], "k--", lw=1, label="Pareto front")
-    ax.set_xlabel("test accuracy (%)  → better utility")
-    ax.set_ylabel("attack PSNR (dB)  ↓ more private")
-    ax.set_title(title, fontsize=9)
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=6)
+def privacy_utility(points: list[dict[str, Any]], path: Path, title: str = "Privacy vs utility",
+                    ylabel: str = "attack PSNR (dB)") -> Path:
+    """PSNR (lower = more private) against ACC, one panel per dataset; one series per defense (the
+    same colour in every panel), joined in order of strength, with the panel's Pareto front dashed."""
+    datasets = list(dict.fromkeys(p["dataset"] for p in points))
+    colours = {d: f"C{i % 10}" for i, d in enumerate(dict.fromkeys(p["defense"] for p in points))}
+    fig, axes = plt.subplots(1, len(datasets), squeeze=False, figsize=(4.2 * len(datasets), 3.6))
+    for ax, dataset in zip(axes[0], datasets):
+        here = [p for p in points if p["dataset"] == dataset]
+        for defense, colour in colours.items():
+            series = sorted((p for p in here if p["defense"] == defense), key=lambda p: p.get("strength", 0.0))
+            if series:
+                ax.plot([100 * p["accuracy"] for p in series], [p["psnr"] for p in series], marker="o",
+                        color=colour, label=defense)
+        front = pareto_front(here)
+        ax.plot([100 * p["accuracy"] for p in front], [p["psnr"] for p in front], "k--", lw=1, label="Pareto front")
+        ax.set_title(dataset, fontsize=9)
+        ax.set_xlabel("test accuracy (%)  → better utility")
+        ax.set_ylabel(f"{ylabel}  ↓ more private")
+        ax.grid(alpha=0.3)
+    axes[0, 0].legend(fontsize=6)
+    fig.suptitle(title, fontsize=9)
     return _save(fig, path)
 
 
 def pareto_front(points: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Points that no other point beats on both privacy (lower PSNR) and accuracy (higher)."""
+    """Points that no other point beats on both privacy (lower PSNR) and accuracy (higher); pass
+    the points of one dataset at a time."""
     front = [p for p in points
              if not any(q["psnr"] <= p["psnr"] and q["accuracy"] >= p["accuracy"] and
                         (q["psnr"], q["accuracy"]) != (p["psnr"], p["accuracy"]) for q in points)]
