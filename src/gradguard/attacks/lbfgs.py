@@ -117,9 +117,6 @@ def batched_lbfgs(evaluate: Evaluate, z: Tensor, *, lr: float, iterations: int, 
     step = (1.0 / g.abs().sum(1)).clamp(max=1.0) * lr
     for update in range(iterations * max_iter):
         if update:
-            y = g - g_previous
-            s = direction * step[:, None]
-            memory.push(s, y, (y * s).sum(1) > CURVATURE_EPS)
             direction = -memory.inverse_hessian_times(g)
             step = torch.full_like(step, lr)
         active = active & ((g * direction).sum(1) <= -TOLERANCE_CHANGE)
@@ -136,6 +133,8 @@ def batched_lbfgs(evaluate: Evaluate, z: Tensor, *, lr: float, iterations: int, 
         g_previous, loss_previous = g, loss
         loss, g = evaluate(z, None if len(alive) == len(final) else alive)
         latest[alive] = loss
+        y = g - g_previous
+        memory.push(move, y, (y * move).sum(1) > CURVATURE_EPS)
         active = ((g.abs().amax(1) > TOLERANCE_GRAD) & (move.abs().amax(1) > TOLERANCE_CHANGE)
                   & ((loss - loss_previous).abs() >= TOLERANCE_CHANGE))
         if on_iteration is not None and (update + 1) % max_iter == 0:
