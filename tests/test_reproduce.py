@@ -9,10 +9,11 @@ import time
 from pathlib import Path
 
 import pytest
+from pydantic import ValidationError
 
 from gradguard.cli import run
 from gradguard.experiments import cells
-from gradguard.experiments.profiles import PROFILES
+from gradguard.experiments.profiles import PROFILES, Profile
 from gradguard.experiments.report import build_report, utility_points
 from gradguard.experiments.reproduce import reproduce
 from gradguard.experiments.runner import CellRunner
@@ -160,3 +161,8 @@ def test_unwritable_output_folder(tmp_path, capsys):
     blocker.write_text("")
     assert run(["reproduce", "--profile", "quick", "--out", str(blocker / "run")]) == 2
     assert re.search("cannot open", capsys.readouterr().err)
+
+
+def test_a_profile_naming_a_dataset_twice_is_refused():
+    with pytest.raises(ValidationError, match="names an entry twice"):
+        Profile(name="twice", datasets=["mnist-sample", "mnist-sample"])

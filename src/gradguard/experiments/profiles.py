@@ -100,6 +100,15 @@ class Profile(BaseModel):
             raise ValueError(f"images={self.images} must be a multiple of batch_size={self.batch_size}")
         return self
 
+    @model_validator(mode="after")
+    def _distinct_names(self) -> "Profile":
+        # each dataset is one chain of cells: a repeated one would compute the same cells twice at once
+        for field in ("datasets", "attacks", "defenses"):
+            names = getattr(self, field)
+            if len(set(names)) != len(names):
+                raise ValueError(f"{field}={names} names an entry twice")
+        return self
+
 
 PROFILES: dict[str, Profile] = {
     "tiny": Profile(  # for the test suite: every code path, almost no optimisation
