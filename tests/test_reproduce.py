@@ -166,3 +166,15 @@ def test_unwritable_output_folder(tmp_path, capsys):
 def test_a_profile_naming_a_dataset_twice_is_refused():
     with pytest.raises(ValidationError, match="names an entry twice"):
         Profile(name="twice", datasets=["mnist-sample", "mnist-sample"])
+
+
+def test_sweep_gives_one_point_per_value_in_order_and_a_plot(tmp_path):
+    argv = ["sweep", "--profile", "tiny", "--jobs", "2", "--out", str(tmp_path),
+            "--defense", "dp-gaussian", "--param", "sigma=1e-3:1:log3", "--defense", "graddefense", "--param",
+            "sigma=0.01,0.3"]
+    assert run(argv) == 0
+    points = ResultStore(tmp_path).meta("sweep")["points"]
+    assert [p["defense"] for p in points] == ["dp-gaussian"] * 3 + ["graddefense"] * 2
+    assert [p["value"] for p in points] == pytest.approx([1e-3, 10 ** -1.5, 1.0, 0.01, 0.3])
+    assert all(0 <= p["accuracy"] <= 1 and p["psnr"] == p["psnr"] for p in points)
+    assert "(sweep.png)" in (tmp_path / "report" / "index.html").read_text()

@@ -7,7 +7,7 @@ from typing import Any
 
 from ..errors import ConfigError
 from .profiles import Profile
-from .reproduce import attack_config, train_config
+from .reproduce import attack_config, side_by_side, train_config
 from .runner import CellRunner
 
 
@@ -35,17 +35,19 @@ def parse_values(spec: str) -> tuple[str, list[float]]:
 
 def sweep(runner: CellRunner, profile: Profile, dataset: str, attack: str,
           curves: list[tuple[str, str]]) -> dict[str, Any]:
-    """For each (defense, param spec), attack and train at every value; the points go to the store."""
-    points = []
-    for defense, spec in curves:
-        option, values = parse_values(spec)
-        for value in values:
-            options = {option: value}
-            attacked = runner.compute("attack", attack_config(profile, dataset, attack, defense, options))
-            trained = runner.compute("train", train_config(profile, dataset, defense, options))
-            points.append({"dataset": dataset, "defense": defense, "option": option, "value": value,
-                           "strength": value, "psnr": attacked["psnr_mean"], "ssim": attacked["ssim_mean"],
-                           "accuracy": trained["accuracy"]})
+    """For each (defense, param spec), attack and train at every value (points side by side with
+    worker processes); the points go to the store."""
+    settings = [(defense, option, value) for defense, spec in curves
+                for option, values in [parse_values(spec)] for value in values]
+
+    def point(defense: str, option: str, value: float) -> dict[str, Any]:
+        options = {option: value}
+        attacked = runner.compute("attack", attack_config(profile, dataset, attack, defense, options))
+        trained = runner.compute("train", train_config(profile, dataset, defense, options))
+        return {"dataset": dataset, "defense": defense, "option": option, "value": value, "strength": value,
+                "psnr": attacked["psnr_mean"], "ssim": attacked["ssim_mean"], "accuracy": trained["accuracy"]}
+
+    points = side_by_side(runner, *[lambda s=s: point(*s) for s in settings])
     result = {"attack": attack, "points": points,
               "config": {"dataset": dataset, "curves": curves, "profile": profile.model_dump()}}
     runner.store.set_meta("sweep", result)
