@@ -51,6 +51,12 @@ def _runner(args, store, progress: Progress, total: int):
     return CellRunner(store, data_root=args.data_root, jobs=max(1, args.jobs), on_start=start, on_done=done)
 
 
+def _finish(progress: Progress) -> None:
+    """End the bar at 100%: the estimate counts every search cell, and a search already stored is not revisited."""
+    for task in progress.tasks:
+        progress.update(task.id, total=task.completed, description="all cells done")
+
+
 def _open_store(out: Path):
     from ..experiments.store import ResultStore
 
@@ -70,6 +76,7 @@ def _reproduce(args, profile) -> Path:
     start = time.perf_counter()
     with _progress() as progress, _runner(args, store, progress, estimate_cells(profile)) as runner:
         reproduce(runner, profile)
+        _finish(progress)
     page = build_report(args.out)
     console.print(f"done in {time.perf_counter() - start:.0f} s ({len(runner.computed)} cells computed); report: {page}")
     return page
@@ -127,6 +134,7 @@ def sweep_command(args) -> None:
     store = _open_store(args.out)
     with _progress() as progress, _runner(args, store, progress, total) as runner:
         sweep(runner, profile, args.dataset, args.attack, list(zip(args.defense, args.param)))
+        _finish(progress)
     console.print(f"report: {build_report(args.out)}")
 
 
