@@ -102,7 +102,8 @@ class Profile(BaseModel):
 
     @model_validator(mode="after")
     def _distinct_names(self) -> "Profile":
-        # each dataset is one chain of cells: a repeated one would compute the same cells twice at once
+        # a repeated dataset would compute the same cells twice at once (one chain each); a repeated
+        # attack or defense would repeat a row or column of the tables
         for field in ("datasets", "attacks", "defenses"):
             names = getattr(self, field)
             if len(set(names)) != len(names):

@@ -31,19 +31,18 @@ def utility_points(store: ResultStore, plan: dict[str, Any]) -> list[dict[str, A
     """(PSNR of the strongest attack of the privacy table, ACC) for every trained defense of a
     reproduction; Soteria's PSNR includes the muted attack. One attack alone would hide what
     another finds (DLG fails against every defense at equal privacy, GIA does not)."""
-    best: dict[tuple[str, str], tuple[float, str]] = {}
+    best: dict[tuple[str, str], float] = {}
     for entry in plan["privacy"]:
         cell = store.get(cell_key("attack", entry["config"]))
         if cell is not None:
             key = (entry["dataset"], column_defense(entry["column"]))
-            attack = entry["attack"] + ("-muted" if entry["column"] == "soteria-muted" else "")
-            best[key] = max(best.get(key, (float("-inf"), "")), (cell.result["psnr_mean"], attack))
+            best[key] = max(best.get(key, float("-inf")), cell.result["psnr_mean"])
     points = []
     for entry in plan["training"]:
         trained = store.get(cell_key("train", entry["config"]))
-        if trained and (entry["dataset"], entry["defense"]) in best:
-            psnr, attack = best[(entry["dataset"], entry["defense"])]
-            points.append({"dataset": entry["dataset"], "defense": entry["defense"], "psnr": psnr, "attack": attack,
+        key = (entry["dataset"], entry["defense"])
+        if trained and key in best:
+            points.append({"dataset": entry["dataset"], "defense": entry["defense"], "psnr": best[key],
                            "accuracy": trained.result["accuracy"]})
     return points
 
