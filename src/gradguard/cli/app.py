@@ -15,7 +15,7 @@ from typing import Callable, NoReturn
 from pydantic import ValidationError
 from rich_argparse import RichHelpFormatter
 
-from ..errors import GradguardError
+from ..errors import GradguardError, describe_validation_error
 
 PROG = "gradguard"
 DESCRIPTION = ("Protect federated-learning clients against gradient leakage attacks, "
@@ -62,15 +62,6 @@ def build_parser() -> Parser:
         cmd.configure(p)
         p.set_defaults(handler=cmd.handler)
     return parser
-
-
-def describe_validation_error(exc: ValidationError) -> str:
-    """A pydantic error as one line: each field with its value and the rule it broke."""
-    parts = []
-    for err in exc.errors():
-        field = ".".join(str(p) for p in err["loc"]) or exc.title
-        parts.append(f"{field}={err.get('input')!r}: {err['msg']}")
-    return f"{exc.title}: " + "; ".join(parts)
 
 
 def run(argv: list[str] | None = None) -> int:
