@@ -7,7 +7,6 @@ they are given. Ground truth never enters here; the caller scores the result.
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
 from typing import Callable, Optional, Sequence
 
@@ -15,13 +14,13 @@ import torch
 from torch import Tensor, nn
 
 from ..errors import ConfigError
-from ..grads import param_names
+from ..grads import Gradient, param_names, trainable_parameters
+from ..rng import make_generator
 from .config import AttackConfig
 from .labels import idlg_labels, last_linear
 from .matching import GradientMatcher, matching_weights
 from .optimizers import OPTIMIZERS
 
-Gradient = Sequence[Tensor]
 Progress = Optional[Callable[[int, Tensor], None]]
 
 
@@ -70,14 +69,14 @@ class Attack:
         """
         config = self.config
         names = param_names(model)
-        reference = [p for p in model.parameters() if p.requires_grad]
+        reference = trainable_parameters(model)
         _check_observed(observed, reference)
         restarts, images_count = config.restarts, len(observed)
         stacked = [torch.stack([obs[i].detach() for obs in observed]).repeat_interleave(restarts, 0)
                    for i in range(len(reference))]
         weights = matching_weights(names, [p.shape for p in reference], config)
         hard = self._hard_labels(model, reference, observed, batch_size, labels)
-        generator = generator if generator is not None else _entropy_generator()
+        generator = generator if generator is not None else make_generator(None, "attack")  # OS entropy
         classes = last_linear(model).out_features
         shape = (batch_size, *image_shape)
         dtype, device = reference[0].dtype, reference[0].device
@@ -124,11 +123,6 @@ INITIALISERS = {
 
 def _initial_images(config: AttackConfig, shape, generator, dtype) -> Tensor:
     return INITIALISERS[config.init](shape, generator, dtype, config.init_value)
-
-
-def _entropy_generator() -> torch.Generator:
-    """A generator seeded from OS entropy, for callers who do not ask for reproducibility."""
-    return torch.Generator().manual_seed(int.from_bytes(os.urandom(8), "little") >> 1)
 
 
 def _check_observed(observed: Sequence[Gradient], reference: Sequence[Tensor]) -> None:

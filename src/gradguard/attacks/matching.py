@@ -19,6 +19,7 @@ from torch import Tensor, nn
 from torch.func import functional_call, grad, vmap
 
 from ..errors import ConfigError
+from ..grads import is_batchnorm, trainable_named_parameters
 from .config import AttackConfig
 
 # Per-element weight of one gradient tensor in the matching: None (muted: left out entirely),
@@ -130,9 +131,9 @@ class GradientMatcher:
     def __init__(self, model: nn.Module, observed: Sequence[Tensor], weights: Sequence[Weight], config: AttackConfig):
         self.model = copy.deepcopy(model)
         for module in self.model.modules():
-            if isinstance(module, nn.modules.batchnorm._BatchNorm):
+            if is_batchnorm(module):
                 module.track_running_stats = False
-        named = [(n, p) for n, p in self.model.named_parameters() if p.requires_grad]
+        named = trainable_named_parameters(self.model)
         kept = [i for i, w in enumerate(weights) if w is not None]
         self.targets = observed[0].shape[0]
         kept_weights = [w.to(observed[i]) if isinstance(w, Tensor) else w for i, w in enumerate(weights) if i in kept]

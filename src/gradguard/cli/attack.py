@@ -44,6 +44,7 @@ def attack(args) -> None:
     from ..data import load_dataset
     from ..defenses import Defense
     from ..errors import ConfigError
+    from ..rng import make_generator
 
     if args.images < 1 or args.batch_size < 1 or args.images % args.batch_size:
         raise ConfigError(f"attack: --images ({args.images}) must be a positive multiple of --batch-size "
@@ -55,7 +56,7 @@ def attack(args) -> None:
     if args.images > len(data.x_train):
         raise ConfigError(f"attack: --images {args.images} exceeds the {len(data.x_train)} training images")
     model = _build_model(data, args)
-    generator = torch.Generator().manual_seed(args.seed)
+    generator = make_generator(args.seed, "attack")
     index = torch.randperm(len(data.x_train), generator=generator)[:args.images].view(-1, args.batch_size)
     observed = _observe(model, data, index, defense, generator)
     labels = [data.y_train[i] for i in index] if _labels_given(attacker, args.batch_size) else None
@@ -71,13 +72,11 @@ def attack(args) -> None:
 
 def _build_model(data, args):
     """The model, initialised from --seed without touching the caller's global RNG state."""
-    import torch
-
     from ..models import build_model, model_for
+    from ..rng import seeded_global_rng
 
     options = ({"dlg_init": True} if args.model == "lenet" else {}) | parse_key_values(args.model_opt, "--model-opt")
-    with torch.random.fork_rng():
-        torch.manual_seed(args.seed)
+    with seeded_global_rng(args.seed, "init"):
         if args.unnormalised:
             return build_model(args.model, data.image_shape, data.num_classes, **options)
         return model_for(data, args.model, **options)

@@ -34,8 +34,8 @@ from typing import Literal
 import torch
 from torch import Tensor
 
-from ..grads import flatten, unflatten
-from .base import Compensator, Gradient
+from ..grads import Gradient, flatten, unflatten
+from .base import Compensator
 
 Variance = Literal["correct", "original"]
 

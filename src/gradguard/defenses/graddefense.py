@@ -24,7 +24,6 @@ Deviations from the original code, and why:
 
 from __future__ import annotations
 
-import hashlib
 from dataclasses import dataclass
 from typing import Literal
 
@@ -34,6 +33,7 @@ from torch import Tensor
 
 from ..errors import ConfigError
 from ..grads import flatten, flatten_batched, param_names, per_sample_gradients, unflatten
+from ..rng import keyed_generator, new_secret
 from .base import Compensator, Defense, DefenseConfig, DefenseContext, Gradient, check_finite, register
 from .compensation import MarchenkoPastur, SpectralShrinkage
 from .rng import choose, generator_for, normal
@@ -165,10 +165,8 @@ class GradDefense(Defense):
         a server that replays a model to one client averages fresh noise away (the permanent
         randomised response of RAPPOR answers the same threat)."""
         if context.client not in self._secrets:  # drawn once per client: from OS entropy unless seeded
-            self._secrets[context.client] = torch.randint(0, 2**62, (2,), generator=generator).numpy().tobytes()
-        secret = self._secrets[context.client]
-        digest = hashlib.blake2b(flat.detach().cpu().numpy().tobytes(), key=secret, digest_size=8).digest()
-        return torch.Generator().manual_seed(int.from_bytes(digest, "little") >> 1)
+            self._secrets[context.client] = new_secret(generator)
+        return keyed_generator(self._secrets[context.client], flat.detach().cpu().numpy().tobytes())
 
     def _bounds(self, grads, context: DefenseContext, generator: torch.Generator) -> Tensor:
         """The client's cached slice bounds, refreshed every R rounds; one slice when every slice

@@ -9,14 +9,14 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from ..rng import make_generator
+
 
 def generator_for(context) -> torch.Generator:
     """The context's generator, or a fresh one seeded from OS entropy when it has none."""
     if context.generator is not None:
         return context.generator
-    generator = torch.Generator()
-    generator.seed()  # std::random_device: does not read or advance the global RNG
-    return generator
+    return make_generator(None, "defense")  # OS entropy: does not read or advance the global RNG
 
 
 def normal(count: int, generator: torch.Generator, like: Tensor) -> Tensor:

@@ -12,25 +12,16 @@ layer that leaks the most (the classifier) as risk-free; it is kept for fidelity
 
 from __future__ import annotations
 
-from contextlib import contextmanager
 from typing import Literal
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from ..grads import eval_mode, trainable_parameters
+from ..rng import make_generator
+
 Probe = Literal["hutchinson", "ones"]
-
-
-@contextmanager
-def _eval_mode(model: nn.Module):
-    """Evaluate with frozen normalisation statistics so root samples do not interact; restore after."""
-    was_training = model.training
-    model.eval()
-    try:
-        yield
-    finally:
-        model.train(was_training)
 
 
 def tensor_risks(model: nn.Module, x: Tensor, y: Tensor, *, probe: Probe = "hutchinson", probes: int = 4,
@@ -40,9 +31,9 @@ def tensor_risks(model: nn.Module, x: Tensor, y: Tensor, *, probe: Probe = "hutc
     The root samples are processed as one batch with a summed loss: sample j's input only
     affects sample j's term, so one double-backward yields every sample's J_j^T v at once.
     """
-    params = [p for p in model.parameters() if p.requires_grad]
+    params = trainable_parameters(model)
     x = x.detach().clone().requires_grad_(True)
-    with _eval_mode(model):
+    with eval_mode(model):  # frozen normalisation statistics, so root samples do not interact
         loss = F.cross_entropy(model(x), y, reduction="sum")
         grads = torch.autograd.grad(loss, params, create_graph=True)
     count = 1 if probe == "ones" else probes
@@ -60,8 +51,7 @@ def tensor_risks(model: nn.Module, x: Tensor, y: Tensor, *, probe: Probe = "hutc
 
 def _rademacher(like: Tensor, generator: torch.Generator | None) -> Tensor:
     if generator is None:  # OS entropy, never the global RNG
-        generator = torch.Generator()
-        generator.seed()
+        generator = make_generator(None, "rademacher")
     return torch.randint(0, 2, like.shape, generator=generator, device=generator.device).to(like) * 2 - 1
 
 

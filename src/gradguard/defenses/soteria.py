@@ -18,6 +18,7 @@ from torch import Tensor
 from torch.func import vjp, vmap
 
 from ..errors import ConfigError
+from ..grads import eval_mode, trainable_parameters
 from .base import Defense, DefenseConfig, check_finite, register
 
 
@@ -55,9 +56,7 @@ class Soteria(Defense):
 
     def feature_scores(self, model, x: Tensor) -> Tensor:
         """Per feature, sum over samples of ||d r_f / dx_j|| / (|r_f(x_j)| + eps)."""
-        was_training = model.training
-        model.eval()
-        try:
+        with eval_mode(model):
             features, pullback = vjp(model.features, x.detach())
             eye = torch.eye(features.shape[1], dtype=features.dtype, device=features.device)
             cotangents = eye[:, None, :].expand(-1, features.shape[0], -1)  # feature f for every sample
@@ -67,14 +66,11 @@ class Soteria(Defense):
                 return dx.flatten(1).norm(dim=1)
 
             norms = vmap(input_gradient_norms, chunk_size=self.config.chunk)(cotangents)  # (F, B)
-        finally:
-            model.train(was_training)
         return (norms / (features.detach().abs().T + self.config.eps)).sum(1)
 
 
 def _fc_weight_index(model) -> int:
-    params = [p for p in model.parameters() if p.requires_grad]
-    for i, p in enumerate(params):
+    for i, p in enumerate(trainable_parameters(model)):
         if p is model.fc.weight:
             return i
     raise ConfigError("soteria: model.fc.weight is not a trainable parameter")

@@ -14,17 +14,16 @@ import copy
 import time
 from collections import defaultdict
 from contextlib import contextmanager
+from collections.abc import Iterator
 from dataclasses import dataclass, field
-from typing import Iterator
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.func import functional_call, grad, vmap
-from torch.nn.modules.batchnorm import _BatchNorm
 
 from ..defenses import Defense, DefenseContext
-from ..grads import Gradient, batch_gradient, named_params
+from ..grads import Gradient, batch_gradient, has_batchnorm, is_batchnorm, named_params, trainable_parameters
 
 Params = dict[str, Tensor]
 
@@ -82,10 +81,6 @@ def epoch_batches(indices: Tensor, batch_size: int, epochs: int, generator: torc
             for batch in indices[torch.randperm(len(indices), generator=generator)].split(batch_size)]
 
 
-def has_batch_norm(model: nn.Module) -> bool:
-    return any(isinstance(m, _BatchNorm) for m in model.modules())
-
-
 class LocalTrainer:
     """Runs the clients of a round one after the other on a working copy of the model."""
 
@@ -104,7 +99,7 @@ class LocalTrainer:
         model = self.model
         model.load_state_dict(global_state)
         model.train()
-        params = [p for p in model.parameters() if p.requires_grad]
+        params = trainable_parameters(model)
         for batch in job.batches:
             with clock.phase("client"):
                 x, y = self.x[batch], self.y[batch]
@@ -208,12 +203,12 @@ class VectorizedTrainer(LocalTrainer):
 def bn_statistics(model: nn.Module) -> dict[str, Tensor]:
     """The running statistics of every BatchNorm layer, which the server averages with the update weights."""
     return {f"{prefix}.{n}" if prefix else n: b.detach().clone()
-            for prefix, m in model.named_modules() if isinstance(m, _BatchNorm)
+            for prefix, m in model.named_modules() if is_batchnorm(m)
             for n, b in m.named_buffers(recurse=False) if b.is_floating_point()}
 
 
 def make_trainer(model: nn.Module, defense: Defense, algorithm: str, lr: float, x: Tensor, y: Tensor,
                  vectorize: bool) -> LocalTrainer:
     """The vectorised trainer where it applies, else the per-client loop."""
-    cls = VectorizedTrainer if vectorize and not has_batch_norm(model) else LocalTrainer
+    cls = VectorizedTrainer if vectorize and not has_batchnorm(model) else LocalTrainer
     return cls(model, defense, algorithm, lr, x, y)

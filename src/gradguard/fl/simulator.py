@@ -9,11 +9,9 @@ so a run is reproducible bit for bit on CPU, and the global RNG is never touched
 
 from __future__ import annotations
 
-import hashlib
 import math
-import os
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 import torch
 import torch.nn.functional as F
@@ -21,8 +19,9 @@ from torch import Tensor, nn
 
 from ..data import ImageDataset, load_dataset, partition_dirichlet, partition_iid
 from ..defenses import Compensator, Defense
-from ..grads import Gradient
+from ..grads import Gradient, eval_mode, param_names
 from ..models import model_for
+from ..rng import make_generator, seeded_global_rng
 from .clients import ClientJob, LocalTrainer, Stopwatch, epoch_batches, local_batches, make_trainer
 from .config import SimulationConfig
 from .history import History, RoundRecord
@@ -30,19 +29,9 @@ from .history import History, RoundRecord
 EVAL_BATCH = 1000
 
 
-def derive_seed(*parts: object) -> int:
-    """A 63-bit seed from any tuple of values (stable across processes, unlike ``hash``)."""
-    digest = hashlib.blake2b(repr(parts).encode(), digest_size=8).digest()
-    return int.from_bytes(digest, "big") >> 1
-
-
-def generator(*parts: object) -> torch.Generator:
-    return torch.Generator().manual_seed(derive_seed(*parts))
-
-
 def partition_clients(config: SimulationConfig, labels: Tensor) -> list[Tensor]:
     """Each client's training-set indices, determined by the seed and the partition settings."""
-    gen = generator(config.seed, "partition")
+    gen = make_generator(config.seed, "partition")
     if config.partition == "dirichlet":
         return partition_dirichlet(labels, config.clients, config.alpha, gen)
     return partition_iid(len(labels), config.clients, gen)
@@ -50,29 +39,25 @@ def partition_clients(config: SimulationConfig, labels: Tensor) -> list[Tensor]:
 
 def build_global_model(config: SimulationConfig, dataset: ImageDataset) -> nn.Module:
     """The initial global model, initialised from the seed without changing the global RNG."""
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(derive_seed(config.seed, "init"))
+    with seeded_global_rng(config.seed, "init"):
         return model_for(dataset, config.model, **config.model_options)
 
 
 def noise_generator(config: SimulationConfig, client: int, round: int) -> torch.Generator:
     """The defense's generator for one (client, round): from OS entropy unless
     ``reproducible_noise`` asks for one derived from the seed."""
-    if config.reproducible_noise:
-        return generator(config.seed, "noise", client, round)
-    return torch.Generator().manual_seed(int.from_bytes(os.urandom(8), "big") >> 1)
+    return make_generator(config.seed if config.reproducible_noise else None, "noise", client, round)
 
 
 @torch.no_grad()
 def evaluate(model: nn.Module, x: Tensor, y: Tensor) -> tuple[float, float]:
     """Test accuracy and mean cross-entropy of ``model``, in eval mode."""
-    model.eval()
     correct, loss = 0, 0.0
-    for xb, yb in zip(x.split(EVAL_BATCH), y.split(EVAL_BATCH)):
-        out = model(xb)
-        correct += int((out.argmax(1) == yb).sum())
-        loss += float(F.cross_entropy(out, yb, reduction="sum"))
-    model.train()
+    with eval_mode(model):
+        for xb, yb in zip(x.split(EVAL_BATCH), y.split(EVAL_BATCH)):
+            out = model(xb)
+            correct += int((out.argmax(1) == yb).sum())
+            loss += float(F.cross_entropy(out, yb, reduction="sum"))
     return correct / len(y), loss / len(y)
 
 
@@ -106,7 +91,7 @@ def client_jobs(config: SimulationConfig, parts: list[Tensor], clients: list[int
     so the schedule does not depend on which trainer runs it or in what order)."""
     jobs = []
     for c in clients:
-        gen = generator(config.seed, "batches", c, round)
+        gen = make_generator(config.seed, "batches", c, round)
         if config.algorithm == "fedsgd":
             batches = local_batches(parts[c], config.batch_size, 1, gen)
         elif config.local_steps is not None:
@@ -142,7 +127,7 @@ def server_step(setup: Setup, state: dict[str, Tensor], jobs: list[ClientJob],
     config = setup.config
     weights = torch.tensor([float(j.num_samples) for j in jobs])
     weights = weights / weights.sum()
-    names = [n for n, p in setup.model.named_parameters() if p.requires_grad]
+    names = param_names(setup.model)
     aggregate = [weighted_average([u[k] for u, _ in results], weights) for k in range(len(names))]
     if setup.compensator is not None:
         aggregate = setup.compensator.compensate(aggregate, weights, scale=noise_scale(config, jobs, weights))
@@ -169,7 +154,7 @@ def train(setup: Setup, *, on_round: Callable[[RoundRecord], None] | None = None
     config, model, data = setup.config, setup.model, setup.dataset
     state = {n: t.detach().clone() for n, t in model.state_dict().items()}
     history = History(config.model_dump(mode="json"), setup.trainer.name)
-    sampler = generator(config.seed, "sampling")
+    sampler = make_generator(config.seed, "sampling")
     for r in range(config.rounds):
         clock = Stopwatch()
         chosen = torch.randperm(config.clients, generator=sampler)[: config.clients_per_round].sort().values

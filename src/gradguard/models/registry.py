@@ -8,6 +8,7 @@ import torch
 from torch import nn
 
 from ..errors import ConfigError
+from ..grads import eval_mode
 from .lenet import ConvNet, LeNet
 from .resnet import ResNet18
 
@@ -38,15 +39,11 @@ def build_model(name: str, image_shape: tuple[int, int, int], num_classes: int, 
 
 def _check_fits(model: nn.Module, name: str, image_shape) -> None:
     """Fail at build time, not mid-training, when the images do not fit the architecture."""
-    was_training = model.training
-    model.eval()
     try:
-        with torch.no_grad():
+        with eval_mode(model), torch.no_grad():
             model(torch.zeros(1, *image_shape))
     except RuntimeError as exc:
         raise ConfigError(f"model: {name} does not fit images of shape {tuple(image_shape)} ({exc})") from None
-    finally:
-        model.train(was_training)
 
 
 def model_for(dataset, name: str = "lenet", **options) -> nn.Module:

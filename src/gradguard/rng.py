@@ -1,0 +1,96 @@
+"""Every random generator gradguard uses is made here, by one recipe.
+
+- :func:`derive_seed` turns a user seed and a *purpose* (``"partition"``, ``("noise", client,
+  round)``, ...) into a 63-bit seed: one stable derivation (SHA-256 of a canonical text), the
+  same in every process and on every platform, unlike ``hash``.
+- :func:`make_generator` is a ``torch.Generator`` seeded that way, or from OS entropy when the
+  seed is None (defenses' noise by default: DESIGN.md, randomness is explicit).
+- :func:`keyed_generator` is seeded from a keyed hash of some bytes (graddefense's memoised noise:
+  the same gradient always gets the same noise, and only the client knows the key).
+- :func:`new_secret` draws such a key.
+- :func:`seeded_global_rng` is for the code that can only draw from torch's global RNG
+  (``nn.Module`` initialisation): it seeds it for the block and restores it afterwards.
+
+None of these read or advance the global RNG (except inside :func:`seeded_global_rng`'s block,
+whose state is restored on exit).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+import torch
+
+__all__ = ["derive_seed", "keyed_generator", "make_generator", "new_secret", "seeded_global_rng"]
+
+SEED_BITS = 63
+_MASK = (1 << SEED_BITS) - 1
+SECRET_BYTES = 16
+
+
+def _canonical(part: object) -> object:
+    """A value whose ``repr`` is stable across processes: str, int, float, bool, None, bytes or tuples of them."""
+    if isinstance(part, (list, tuple)):
+        return tuple(_canonical(p) for p in part)
+    if isinstance(part, (str, int, float, bool, bytes)) or part is None:
+        return part
+    if isinstance(part, torch.device):
+        return str(part)
+    raise TypeError(f"derive_seed: purpose parts must be str, int, float, bool, bytes, None or tuples of them, "
+                    f"got {type(part).__name__}")
+
+
+def derive_seed(seed: int, *purpose: object) -> int:
+    """A 63-bit seed for ``purpose`` under the user's ``seed``: the first 8 bytes (little-endian) of
+    the SHA-256 of ``repr((seed, *purpose))``, masked to 63 bits. Different purposes give
+    independent streams; the same (seed, purpose) always gives the same one."""
+    text = repr(_canonical((int(seed), *purpose)))
+    digest = hashlib.sha256(text.encode()).digest()
+    return int.from_bytes(digest[:8], "little") & _MASK
+
+
+def make_generator(seed: int | None = None, *purpose: object,
+                   device: str | torch.device | None = None) -> torch.Generator:
+    """A generator for ``purpose``: seeded with ``derive_seed(seed, *purpose)``, or from OS entropy
+    when ``seed`` is None (then ``purpose`` only documents the use)."""
+    generator = torch.Generator(device=device) if device is not None else torch.Generator()
+    if seed is None:
+        generator.manual_seed(_entropy_seed())  # os.urandom: never the global RNG
+    else:
+        generator.manual_seed(derive_seed(seed, *purpose))
+    return generator
+
+
+def keyed_generator(secret: bytes, data: bytes, device: str | torch.device | None = None) -> torch.Generator:
+    """A generator seeded from the keyed BLAKE2b hash of ``data`` under ``secret``: the same data
+    always gives the same stream, and without the secret the stream cannot be predicted."""
+    digest = hashlib.blake2b(data, key=secret, digest_size=8).digest()
+    generator = torch.Generator(device=device) if device is not None else torch.Generator()
+    generator.manual_seed(int.from_bytes(digest, "little") & _MASK)
+    return generator
+
+
+def new_secret(generator: torch.Generator | None = None) -> bytes:
+    """A 16-byte secret: drawn from ``generator`` when given (reproducible experiments), else from
+    OS entropy."""
+    if generator is None:
+        return os.urandom(SECRET_BYTES)
+    words = torch.randint(0, 2**62, (2,), generator=generator, device=generator.device).cpu()
+    return b"".join(int(w).to_bytes(8, "little") for w in words)
+
+
+@contextmanager
+def seeded_global_rng(seed: int, *purpose: object) -> Iterator[None]:
+    """Seed torch's global (CPU) RNG with ``derive_seed(seed, *purpose)`` for the block, for code
+    that cannot take a generator (``nn.Module`` initialisation); the caller's state is restored
+    on exit."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(derive_seed(seed, *purpose))
+        yield
+
+
+def _entropy_seed() -> int:
+    return int.from_bytes(os.urandom(8), "little") & _MASK
