@@ -4,20 +4,29 @@ The reply carries the client's new weights, not a gradient. The mod turns the up
 gradient units, ``g = (global - local) / scale``, defends ``g`` with the configured gradguard
 defense, and sends ``local - scale * (defend(g) - g)``: the same weights wherever the defense
 left ``g`` unchanged, bit for bit, and the defended weights elsewhere.
+
+A bad configuration (unknown defense, bad option, a message the mod cannot read) never raises
+inside the client and never lets an undefended update out: the mod answers with an error reply
+(``ErrorCode.MOD_FAILED_PRECONDITION`` and a one-line reason), as Flower's own mods do.
 """
 
 from __future__ import annotations
 
-import hashlib
-from typing import Callable
+from collections.abc import Callable
+from logging import ERROR, INFO
 
 import torch
-from flwr.app import ArrayRecord, Context, Message, MessageType
+from flwr.app import ArrayRecord, Context, Error, Message, MessageType
 from flwr.clientapp.typing import ClientAppCallable
+from flwr.common.constant import ErrorCode
+from flwr.common.logger import log
+from pydantic import ValidationError
 from torch import Tensor, nn
 
 from ..defenses import Defense, DefenseContext
-from ..errors import ConfigError
+from ..errors import ConfigError, GradguardError, describe_validation_error
+from ..grads import param_names
+from ..rng import make_generator
 from .arrays import floating_names, only_array_record, replace, tensors
 from .settings import DefenseSettings
 
@@ -49,25 +58,30 @@ class DefenseMod:
         if msg.metadata.message_type != MessageType.TRAIN:
             return call_next(msg, context)
         train_config = {k: v for record in msg.content.config_records.values() for k, v in record.items()}
-        settings = DefenseSettings.from_configs({**context.run_config, **train_config}, context.node_config)
-        defense = self._defense(context.node_id, settings)
-        _, global_record = only_array_record(msg.content, "DefenseMod")
+        try:  # a bad configuration: reply with an error before training, never raise in the client
+            settings = DefenseSettings.from_configs({**context.run_config, **train_config}, context.node_config)
+            defense = self._defense(context.node_id, settings)
+            _, global_record = only_array_record(msg.content, "DefenseMod")
+            round_ = int(train_config.get("server-round", 0))
+        except (GradguardError, ValidationError, ValueError, TypeError) as exc:
+            return _error_reply(msg, exc)
 
         reply = call_next(msg, context)
         if reply.has_error():
             return reply
-        key, local_record = only_array_record(reply.content, "DefenseMod")
-
-        round_ = int(train_config.get("server-round", 0))
-        reply.content[key] = self._defend(defense, settings, context, round_, global_record, local_record)
+        try:  # an error reply, never the undefended update
+            key, local_record = only_array_record(reply.content, "DefenseMod")
+            reply.content[key] = self._defend(defense, settings, context, round_, global_record, local_record)
+        except (GradguardError, ValidationError, ValueError, TypeError) as exc:
+            return _error_reply(msg, exc)
+        log(INFO, "DefenseMod: node %s, round %s: %s", context.node_id, round_, _summary(settings))
         return reply
 
     def _defend(self, defense: Defense, settings: DefenseSettings, context: Context, round_: int,
                 global_record: ArrayRecord, local_record: ArrayRecord) -> ArrayRecord:
         """``local - scale * (defend(g) - g)`` with ``g = (global - local) / scale``, per defended array."""
         model = self._model(context, global_record)
-        names = ([n for n, p in model.named_parameters() if p.requires_grad] if model is not None
-                 else floating_names(local_record))
+        names = param_names(model) if model is not None else floating_names(local_record)
         local = tensors(local_record, names)
         grads = [(g - w) / settings.scale for g, w in zip(tensors(global_record, names), local)]
         data = self.data_fn(context) if self.data_fn else None  # a defense that needs it says so
@@ -99,10 +113,18 @@ class DefenseMod:
 
 def _generator(seed: int | None, node_id: int, round_: int) -> torch.Generator:
     """OS entropy by default; with a client-private seed, a stream derived per (node, round)."""
-    generator = torch.Generator()
-    if seed is None:
-        generator.seed()
-    else:
-        digest = hashlib.sha256(f"{seed}:{node_id}:{round_}".encode()).digest()
-        generator.manual_seed(int.from_bytes(digest[:8], "little"))
-    return generator
+    return make_generator(seed, "flower-noise", node_id, round_)
+
+
+def _summary(settings: DefenseSettings) -> str:
+    """One line: the defense, its options and the scale (never the seed, which stays private)."""
+    options = ", ".join(f"{k}={v!r}" for k, v in sorted(settings.options.items()))
+    return f"defended the reply with {settings.defense}({options}), scale {settings.scale:g}"
+
+
+def _error_reply(msg: Message, exc: Exception) -> Message:
+    """Log the reason on one line and answer ``msg`` with an error reply, as Flower's mods do."""
+    text = describe_validation_error(exc) if isinstance(exc, ValidationError) else str(exc)
+    reason = "DefenseMod: " + " ".join(text.split())
+    log(ERROR, reason)
+    return Message(Error(code=ErrorCode.MOD_FAILED_PRECONDITION, reason=reason), reply_to=msg)

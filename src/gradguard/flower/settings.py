@@ -16,7 +16,7 @@ from typing import Any, Mapping
 from pydantic import BaseModel, ConfigDict, PositiveFloat
 
 from ..defenses import Defense
-from ..errors import ConfigError
+from ..errors import ConfigError, config_errors
 
 PREFIX = "gradguard."
 SEED_KEY = PREFIX + "seed"
@@ -38,9 +38,14 @@ class DefenseSettings(BaseModel):
     scale: PositiveFloat = 1.0
     seed: int | None = None
 
+    def __init__(self, **data: Any):
+        with config_errors("DefenseSettings"):  # one line naming the gradguard.* key, not pydantic's report
+            super().__init__(**data)
+
     def build(self) -> Defense:
         """The configured defense; unknown names and bad options fail here with a clear message."""
-        return Defense.from_config(self.defense, **self.options)
+        with config_errors(f"defense {self.defense!r}"):
+            return Defense.from_config(self.defense, **self.options)
 
     def to_config(self) -> dict[str, Any]:
         """Flat ``gradguard.*`` keys for a Flower ConfigRecord (never the seed)."""
