@@ -1,10 +1,10 @@
 """Attack benchmark: fidelity (PSNR) of DLG and GIA on undefended LeNet, batched vs one-by-one
 wall time, and the engine's per-iteration cost against minimal hand-written loops.
 
-Prints one JSON line. Targets (issue 3): DLG mean PSNR >= 30 dB on MNIST and >= 25 dB on
-CIFAR-10, GIA >= 18 dB on CIFAR-10 (8 images, batch size 1), batched >= 2.5x faster than
-one-by-one, engine per-iteration cost <= 1.1x a minimal loop. Scale down with --images and
-the --*-iterations flags. Run:
+Prints one JSON line. Targets (docs/design.md section 4; results in docs/attacks.md): DLG
+mean PSNR >= 30 dB on MNIST and >= 25 dB on CIFAR-10, GIA >= 18 dB on CIFAR-10 (8 images,
+batch size 1), batched >= 2.5x faster than one-by-one, engine per-iteration cost <= 1.1x a
+minimal loop. Scale down with --images and the --*-iterations flags. Run:
 
     PYTHONPATH=src python benchmarks/attacks.py --data-root ../shared/data
 """

@@ -8,6 +8,10 @@ runs per compensator (and one without any defense) report the final test accurac
 
     PYTHONPATH=src python benchmarks/compensation.py --rounds 150
 prints one JSON line.
+
+The defense is ``GradDefense`` at the library's defaults (``--sigma`` aside), which are now the
+hardened default (k = S, memoised noise); the figures in docs/defenses.md were measured when
+the defaults were the paper's configuration (k = 5 of S = 10, now ``graddefense-paper``).
 """
 
 from __future__ import annotations

@@ -103,7 +103,7 @@ def per_sample_gradients(model: nn.Module, x: Tensor, y: Tensor, loss_fn: LossFn
 
 
 def flatten(grads: Sequence[Tensor]) -> Tensor:
-    """Concatenate a gradient into one flat vector (the "P elements" of DESIGN.md)."""
+    """Concatenate a gradient into one flat vector (the "P elements" of docs/design.md section 2)."""
     return torch.cat([g.reshape(-1) for g in grads])
 
 

@@ -1,6 +1,6 @@
 """``Attack``: reconstruct a client's batch from its (possibly defended) gradient.
 
-The attacker sees only what the threat model allows (DESIGN.md section 3): the model, the
+The attacker sees only what the threat model allows (docs/design.md section 3): the model, the
 observed gradient, the image shape and the batch size, plus the labels when the config says
 they are given. Ground truth never enters here; the caller scores the result.
 """

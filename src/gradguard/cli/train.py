@@ -12,11 +12,14 @@ RESULT_FILES = ("history.json", "history.csv", "accuracy.png")
 
 
 def configure(p: argparse.ArgumentParser) -> None:
+    from ..fl.config import VMAP_MAX_BATCH, SimulationConfig  # defaults live in the config, stated once
+
     add_data_options(p)
     add_model_option(p)
     p.add_argument("--model-opt", action="append", default=[], metavar="KEY=VALUE",
                    help="model option, repeatable (e.g. width=16 for convnet); lenet defaults to dlg_init=true")
-    p.add_argument("--defense", default="none", help="defense name, e.g. none or graddefense")
+    p.add_argument("--defense", default="none",
+                   help="defense name (see `gradguard defenses`), e.g. none or graddefense")
     p.add_argument("--defense-opt", action="append", default=[], metavar="KEY=VALUE",
                    help="defense option, repeatable (e.g. sigma=0.1)")
     p.add_argument("--algorithm", choices=["fedsgd", "fedavg"], default="fedavg")
@@ -24,7 +27,8 @@ def configure(p: argparse.ArgumentParser) -> None:
     p.add_argument("--fraction", type=float, default=1.0, help="share of clients sampled per round, in (0, 1]")
     p.add_argument("--batch-size", type=int, default=32, help="local batch size")
     p.add_argument("--lr", type=float, default=0.1, help="client learning rate (FedAvg) or server step (FedSGD)")
-    p.add_argument("--rounds", type=int, default=30)
+    p.add_argument("--rounds", type=int, default=SimulationConfig.model_fields["rounds"].default,
+                   help="federated rounds (default %(default)s)")
     p.add_argument("--local-epochs", type=int, default=1, help="FedAvg local epochs per round")
     p.add_argument("--local-steps", type=int, default=None, help="FedAvg local steps per round (overrides epochs)")
     p.add_argument("--partition", choices=["iid", "dirichlet"], default="iid")
@@ -34,7 +38,8 @@ def configure(p: argparse.ArgumentParser) -> None:
     p.add_argument("--reproducible-noise", action="store_true",
                    help="derive the defense's noise from the seed instead of OS entropy")
     p.add_argument("--vectorize", choices=["auto", "on", "off"], default="auto",
-                   help="vmap the clients of a round (on), loop over them (off), or vmap for batch sizes <= 8 (auto)")
+                   help="vmap the clients of a round (on), loop over them (off), or vmap for batch sizes "
+                        f"<= {VMAP_MAX_BATCH} (auto)")
     add_out_option(p, "runs/train")
     p.add_argument("--overwrite", action="store_true", help="replace results already in --out")
 

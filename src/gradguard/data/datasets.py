@@ -2,7 +2,7 @@
 
 Every dataset becomes an :class:`ImageDataset`: float32 images of shape (N, C, H, W) in
 [0, 1] and int64 labels. Normalisation is not applied here; it is the first layer of the
-model (DESIGN.md: pixel space everywhere), using :attr:`ImageDataset.mean` and ``std``.
+model (docs/design.md section 1: pixel space everywhere), using :attr:`ImageDataset.mean` and ``std``.
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Global update compensation (DESIGN.md section 2, step 6): the server's estimate of the clean
+"""Global update compensation (docs/design.md section 2, step 6): the server's estimate of the clean
 weighted aggregate from the aggregate of slice-perturbed updates.
 
 What the server knows: sigma, the chance k/S that a given element of a client's update is noisy,

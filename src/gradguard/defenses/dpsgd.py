@@ -56,7 +56,8 @@ class DPSGD(Defense):
         return unflatten(total / batch, grads)
 
     def epsilon(self, client: int = 0) -> float:
-        """Epsilon spent so far by ``client`` at the configured delta (inf before any step or with z = 0)."""
+        """Epsilon spent so far by ``client`` at the configured delta: 0 before its first step (nothing
+        spent), inf once it has taken a step with z = 0 (noise-free steps have no finite bound)."""
         accountant = self._accountants.get(client)
         if accountant is None or self.config.noise_multiplier == 0:
             return float("inf") if accountant is not None else 0.0

@@ -1,4 +1,4 @@
-"""Leakage risk per parameter tensor (DESIGN.md section 2, step 1).
+"""Leakage risk per parameter tensor (docs/design.md section 2, step 1).
 
 The risk of tensor l is how strongly its gradient depends on the input:
 s_l = mean over root samples x of ||d(grad_l L(x)) / dx||_F. The Frobenius norm of that Jacobian

@@ -1,4 +1,4 @@
-"""Cutting the flat gradient into S contiguous slices (DESIGN.md section 2, step 2).
+"""Cutting the flat gradient into S contiguous slices (docs/design.md section 2, step 2).
 
 Slices are given by their S + 1 bounds into the flat vector of P elements: slice j is
 ``[bounds[j], bounds[j + 1])``. By construction they are disjoint, non-empty and cover all P

@@ -46,7 +46,7 @@ class SimulationConfig(BaseModel):
     fraction: float = Field(1.0, gt=0.0, le=1.0, description="share of clients sampled each round")
     batch_size: int = Field(32, ge=1)
     lr: float = Field(0.1, gt=0.0, description="client learning rate (FedAvg) or server step size (FedSGD)")
-    rounds: int = Field(10, ge=1)
+    rounds: int = Field(10, ge=1, description="federated rounds (also the default of `gradguard train`)")
     local_epochs: int = Field(1, ge=1, description="FedAvg passes over the local data per round")
     local_steps: int | None = Field(None, ge=1, description="FedAvg local SGD steps per round; overrides local_epochs")
     partition: Literal["iid", "dirichlet"] = "iid"
