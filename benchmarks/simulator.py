@@ -8,7 +8,9 @@
   dataset (targets: MNIST >= 90%, Fashion-MNIST >= 80%, CIFAR-10 >= 50%).
 - ``defense``: a defense at its defaults against ``none`` on MNIST with the same schedule:
   accuracy loss (target <= 1 point) and ART overhead (target <= 2%), the ART measured on short
-  interleaved runs so that both see the same machine load.
+  interleaved runs so that both see the same machine load. ``--defense`` defaults to
+  ``graddefense``, now the hardened default; the figures in docs/simulator.md were measured with
+  the paper's configuration, ``--defense graddefense-paper``.
 
 Example (all of it; about 25 minutes on 2 shared cores):
     PYTHONPATH=src python benchmarks/simulator.py --threads 1 --data-root /work/shared/data
