@@ -1,51 +1,94 @@
-"""The reproduction harness end to end on a tiny profile, its resume guarantee, and its errors."""
+"""The reproduction harness end to end on a tiny profile: plans from the registries, typed cells,
+the resume guarantee, and its errors."""
 
-import os
+import json
 import re
-import signal
-import subprocess
-import sys
-import time
-from pathlib import Path
 
 import pytest
-from pydantic import ValidationError
+import torch
+from pydantic import Field, ValidationError
 
 from gradguard.cli import run
+from gradguard.defenses import DEFENSES, Defense, DefenseConfig
+from gradguard.defenses.base import Strength
+from gradguard.errors import ConfigError, GradguardError
 from gradguard.experiments import cells
-from gradguard.experiments.profiles import PROFILES, Profile
+from gradguard.experiments.cells import AttackCell, TrainCell, TrainSettings
+from gradguard.experiments.plan import build_plan
+from gradguard.experiments.profiles import PROFILES, Profile, load_profile
 from gradguard.experiments.report import build_report, utility_points
 from gradguard.experiments.reproduce import reproduce
 from gradguard.experiments.runner import CellRunner
-from gradguard.experiments.store import ResultStore, cell_key
-from gradguard.experiments.tables import accuracy_table, privacy_table
+from gradguard.experiments.store import ResultStore
+from gradguard.experiments.tables import (
+    accuracy_table,
+    entries,
+    privacy_table,
+    security_table,
+    strength_table,
+)
 
 SMALL = PROFILES["tiny"].model_copy(update={"name": "small", "attacks": ["dlg"], "adaptive": [],
                                            "defenses": ["none", "graddefense", "gc"]})
 
 
-def test_tiny_profile_produces_every_table_and_figure(tmp_path):
+def test_tiny_profile_covers_every_registration_and_produces_every_table_and_figure(tmp_path):
     with CellRunner(ResultStore(tmp_path)) as runner:
         plan = reproduce(runner, PROFILES["tiny"])
-    assert {p["column"] for p in plan["privacy"]} == {"none", "graddefense", "graddefense-paper", "gc", "dp-gaussian",
-                                                       "dp-laplace", "soteria", "soteria-muted"}
-    assert {p["attack"] for p in plan["security"]} == {"oracle-mute", "detect-mute", "compensate-invert", "multi-round"}
+    plain = entries(plan, "attack", adaptive=False)
+    assert {e["defense"] for e in plain} == set(DEFENSES), "every registered defense is a column"
+    assert {e["defense"] for e in entries(plan, "train")} == {n for n, c in DEFENSES.items() if c.trains}
+    adaptive = {(e["adaptive"], e["defense"]) for e in entries(plan, "attack", adaptive=True)}
+    assert ("oracle-mute", "graddefense-paper") in adaptive and ("mute-perturbed", "soteria") in adaptive
+    assert ("oracle-mute", "graddefense") not in adaptive, "k = S leaves no clean slice to an oracle"
     page = build_report(tmp_path)
     report = page.parent
-    for name in ("tables.md", "table1.csv", "table2.csv", "table3.csv", "table4.csv", "reconstructions_dlg.png",
-                 "reconstructions_gia.png", "accuracy_curves.png", "privacy_utility.png"):
+    for name in ("tables.md", "table1.csv", "table5.csv", "reconstructions_dlg.png", "reconstructions_gia.png",
+                 "accuracy_curves.png", "privacy_utility.png"):
         assert (report / name).is_file(), name
     text = page.read_text()
     for figure in report.glob("*.png"):
         assert f"({figure.name})" in text, f"{figure.name} is not in the HTML page"
     assert text.count("data:image/png;base64,") == len(list(report.glob("*.png")))
     tables = (report / "tables.md").read_text()
-    assert "pending" not in tables and "Security" in tables
+    assert "pending" not in tables and "Security" in tables and "Adaptive attacks" in tables
     store = ResultStore(tmp_path)
-    soteria = [store.get(cell_key("attack", p["config"])).result["psnr_mean"] for p in plan["privacy"]
-               if p["column"] in ("soteria", "soteria-muted")]
+    soteria = [store.get(e["key"]).result["psnr_mean"] for e in entries(plan, "attack")
+               if e["defense"] == "soteria"]
     point = next(p for p in utility_points(store, plan) if p["defense"] == "soteria")
     assert len(soteria) == 4 and point["psnr"] == max(soteria), "the plot shows Soteria's strongest attack"
+
+
+class _ScaledConfig(DefenseConfig):
+    factor: float = Field(0.5, gt=0, description="multiply every gradient element by this")
+
+
+class _Scaled(Defense):
+    """A defense the harness has never heard of: it shrinks the gradient."""
+
+    name = "test-scaled"
+    Config = _ScaledConfig
+    strength = Strength(option="factor", low=1e-3, high=1.0)
+
+    def defend(self, grads, context):
+        return [g * self.config.factor for g in grads]
+
+
+def test_a_defense_registered_elsewhere_appears_in_the_tables_and_the_search(tmp_path, monkeypatch):
+    monkeypatch.setitem(DEFENSES, _Scaled.name, _Scaled)  # what @register does, undone after the test
+    profile = SMALL.model_copy(update={"defenses": None, "attacks": ["dlg"], "adaptive": [],
+                                       "strengths": {"gc": 0.5, "dp-gaussian": 0.1, "dp-laplace": 0.1,
+                                                     "soteria": 0.5, "dpsgd": 1.0}})
+    plan = build_plan(profile)
+    assert [s.defense for s in plan.searches] == ["test-scaled"], "its strength knob makes it searched"
+    with CellRunner(ResultStore(tmp_path)) as runner:
+        resolved = reproduce(runner, profile)
+    store = ResultStore(tmp_path)
+    assert "test-scaled" in privacy_table(store, resolved).header
+    assert any(row[1] == "test-scaled" for row in accuracy_table(store, resolved).rows)
+    assert any(row[1] == "test-scaled" for row in security_table(store, resolved).rows)
+    searched = [row for row in strength_table(resolved).rows if row[1] == "test-scaled"]
+    assert searched and searched[0][3].startswith("search"), searched
 
 
 def _tables_without_time(folder):
@@ -57,24 +100,31 @@ def _tables_without_time(folder):
 
 def test_interrupted_run_resumes_computing_each_cell_once(tmp_path, monkeypatch):
     computed = []
-    real = dict(cells.COMPUTE)
+    real = cells.compute
 
-    def counting(kind, fail_after=None):
-        def compute(config, root):
+    def counting(fail_after=None):
+        def compute(cell, root):
             if fail_after is not None and len(computed) >= fail_after:
                 raise KeyboardInterrupt("simulated interruption")
-            computed.append((kind, repr(sorted(config.items()))))
-            return real[kind](config, root)
+            computed.append(cell.key())
+            return real(cell, root)
         return compute
 
-    monkeypatch.setattr(cells, "COMPUTE", {k: counting(k, fail_after=4) for k in real})
+    monkeypatch.setattr(cells, "compute", counting(fail_after=4))
     with pytest.raises(KeyboardInterrupt), CellRunner(ResultStore(tmp_path / "a")) as runner:
         reproduce(runner, SMALL)
     interrupted = ResultStore(tmp_path / "a")
     assert len(interrupted.cells("attack")) + len(interrupted.cells("train")) == 4
-    monkeypatch.setattr(cells, "COMPUTE", {k: counting(k) for k in real})
-    with CellRunner(ResultStore(tmp_path / "a")) as runner:
+    plan = build_plan(SMALL)
+    monkeypatch.setattr(cells, "compute", counting())
+    fresh = []
+    with CellRunner(ResultStore(tmp_path / "a"), on_done=lambda label, cached: fresh.append(label) if not cached
+                    else None) as runner:
+        already = runner.stored_count(plan)
+        assert 0 < already < plan.size
         reproduce(runner, SMALL)
+        assert runner.stored_count(plan) == plan.size, "every unit of the plan is stored after the run"
+    assert already + len(fresh) == plan.size, "progress starts at the stored units and ends exactly at the total"
     assert len(computed) == len(set(computed)), "a cell was computed twice"
     with CellRunner(ResultStore(tmp_path / "b")) as runner:
         reproduce(runner, SMALL)
@@ -86,50 +136,9 @@ def test_worker_processes_give_the_tables_of_an_inline_run(tmp_path):
         reproduce(runner, SMALL)
     with CellRunner(ResultStore(tmp_path / "workers"), jobs=2) as runner:
         reproduce(runner, SMALL)
-    assert len(runner.computed) == len(set(runner.computed)) == len(runner.store.cells()) - 1  # gc's search
+    assert len(runner.computed) == len(set(runner.computed)) == len(runner.store.cells())
+    assert len(runner.store.cells("search")) == 1, "gc's search"
     assert _tables_without_time(tmp_path / "inline") == _tables_without_time(tmp_path / "workers")
-
-
-def _live_children(pid: int) -> list[int]:
-    """Processes whose parent is ``pid`` and that have not exited (zombies excluded)."""
-    children = []
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        try:
-            fields = stat.read_text().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        if fields[1] == str(pid) and fields[0] != "Z":
-            children.append(int(stat.parent.name))
-    return children
-
-
-def _alive(pid: int) -> bool:
-    try:
-        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
-    except OSError:
-        return False
-
-
-@pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="reads the process table from /proc")
-def test_killing_the_run_with_sigkill_ends_its_workers(tmp_path):
-    run_ = subprocess.Popen([sys.executable, "-m", "gradguard", "reproduce", "--profile", "quick", "--jobs", "2",
-                             "--out", str(tmp_path)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    try:
-        deadline = time.monotonic() + 120
-        while len(workers := _live_children(run_.pid)) < 2 and time.monotonic() < deadline:
-            time.sleep(0.5)
-        assert len(workers) >= 2, "the run never started its workers"
-        time.sleep(5)  # let the workers import torch and take a cell
-    finally:
-        os.kill(run_.pid, signal.SIGKILL)
-        run_.wait()
-    deadline = time.monotonic() + 30
-    while any(_alive(pid) for pid in workers) and time.monotonic() < deadline:
-        time.sleep(0.5)
-    left = [pid for pid in workers if _alive(pid)]
-    for pid in left:
-        os.kill(pid, signal.SIGKILL)
-    assert not left, "workers outlived the killed run"
 
 
 def test_a_changed_config_makes_new_cells(tmp_path):
@@ -140,6 +149,49 @@ def test_a_changed_config_makes_new_cells(tmp_path):
     assert runner.store.count() == 2 * before
 
 
+def _cell(**changes):
+    base = {"dataset": "mnist-sample", "model": "lenet", "attack": "dlg", "defense": "none", "images": 1,
+            "batch_size": 1, "seed": 0, "target_pool": 4000, "public_images": 64}
+    return AttackCell(**{**base, **changes})
+
+
+def test_cells_are_typed_frozen_and_keyed_canonically():
+    cell = _cell(defense_options={"b": 1, "a": 2})
+    assert cell.key() == _cell(defense_options={"a": 2, "b": 1}).key(), "key independent of option order"
+    assert cell.key() != _cell(defense_options={"a": 2, "b": 3}).key()
+    assert cell.key() != TrainCell(dataset="mnist-sample", model="lenet", defense="none", train=TrainSettings(),
+                                   seed=0).key()
+    with pytest.raises(ValidationError):
+        cell.seed = 3  # frozen
+    with pytest.raises(ValidationError, match="colour"):
+        _cell(colour="red")
+    assert AttackCell.model_validate(cell.config()) == cell, "the stored configuration rebuilds the cell"
+
+
+def test_changing_cell_fields_without_a_version_bump_is_refused(monkeypatch, tmp_path):
+    cells.check_schema()  # the shipped classes match the shipped fingerprint
+    monkeypatch.setattr(cells, "SCHEMA_FINGERPRINT", "0" * 16)  # as if a field had been added
+    with pytest.raises(GradguardError, match="bump STORE_VERSION"):
+        ResultStore(tmp_path)
+
+
+def test_a_store_of_another_version_is_refused_with_what_to_do(tmp_path):
+    store = ResultStore(tmp_path)
+    store.set_meta("store_version", cells.STORE_VERSION - 1)
+    store.close()
+    with pytest.raises(GradguardError, match="use a new --out folder"):
+        ResultStore(tmp_path)
+
+
+def test_dry_run_prints_the_plan_and_computes_nothing(tmp_path, capsys):
+    assert run(["reproduce", "--profile", "tiny", "--dry-run", "--out", str(tmp_path / "run")]) == 0
+    out = capsys.readouterr().out
+    plan = build_plan(PROFILES["tiny"])
+    assert len(out.strip().splitlines()) == plan.size + 1
+    assert f"{plan.size} units" in out and "search gc" in out
+    assert not (tmp_path / "run").exists()
+
+
 def test_missing_dataset_is_one_clear_error(tmp_path, capsys):
     code = run(["reproduce", "--profile", "paper", "--data-root", str(tmp_path), "--out", str(tmp_path / "run")])
     err = capsys.readouterr().err
@@ -147,13 +199,44 @@ def test_missing_dataset_is_one_clear_error(tmp_path, capsys):
     assert not (tmp_path / "run" / ResultStore.FILENAME).exists(), "nothing is written before the check"
 
 
+@pytest.mark.parametrize("fields, message", [
+    ({"defenses": ["none", "dpsgdx"]}, "unknown defense ['dpsgdx']"),
+    ({"attacks": ["dgl"]}, "unknown attack ['dgl']"),
+    ({"adaptive": ["oracle"]}, "unknown adaptive attack ['oracle']"),
+    ({"strengths": {"graddefense-paper": 0.1}}, "no strength knob"),
+    ({"images": 3, "batch_size": 2}, "multiple of batch_size"),
+    ({"datasets": ["mnist-sample"], "colour": "red"}, "colour"),
+])
+def test_a_bad_profile_file_is_one_line_with_the_valid_names(tmp_path, capsys, fields, message):
+    path = tmp_path / "mine.json"
+    path.write_text(json.dumps({"datasets": ["mnist-sample"], **fields}))
+    assert run(["reproduce", "--profile", str(path), "--out", str(tmp_path / "run")]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and message in err and "Traceback" not in err
+    if "unknown defense" in message:
+        assert all(name in err for name in DEFENSES), "the valid names are listed"
+
+
+def test_a_profile_file_in_toml_runs_like_the_same_profile(tmp_path):
+    path = tmp_path / "mine.toml"
+    path.write_text('datasets = ["mnist-sample"]\nimages = 2\ndefenses = ["none"]\n')
+    profile = load_profile(path)
+    assert profile.name == "mine" and profile.images == 2 and profile.defense_names() == ["none"]
+    with pytest.raises(ConfigError, match="not valid TOML"):
+        (tmp_path / "bad.toml").write_text("datasets = [")
+        load_profile(tmp_path / "bad.toml")
+
+
 @pytest.mark.parametrize("argv, message", [
     (["reproduce", "--profile", "huge"], "unknown name 'huge'"),
+    (["reproduce", "--jobs", "0"], "must be at least 1"),
     (["report", "/nonexistent/run"], "no results store"),
+    (["sweep", "--defense", "graddefense-paper"], "has no strength knob"),
 ])
 def test_bad_input_exit_2(argv, message, capsys):
     assert run(argv) == 2
-    assert message in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert message in err and err.count("\n") == 1
 
 
 def test_unwritable_output_folder(tmp_path, capsys):
@@ -178,3 +261,13 @@ def test_sweep_gives_one_point_per_value_in_order_and_a_plot(tmp_path):
     assert [p["value"] for p in points] == pytest.approx([1e-3, 10 ** -1.5, 1.0, 0.01, 0.3])
     assert all(0 <= p["accuracy"] <= 1 and p["psnr"] == p["psnr"] for p in points)
     assert "(sweep.png)" in (tmp_path / "report" / "index.html").read_text()
+
+
+def test_sweep_without_param_covers_the_registered_strength_range(tmp_path):
+    assert run(["sweep", "--profile", "tiny", "--out", str(tmp_path), "--defense", "gc"]) == 0
+    points = ResultStore(tmp_path).meta("sweep")["points"]
+    knob = DEFENSES["gc"].strength
+    assert [p["option"] for p in points] == [knob.option] * 5
+    assert points[0]["value"] == pytest.approx(knob.low * knob.scale)
+    assert points[-1]["value"] == pytest.approx(knob.high * knob.scale)
+    assert torch.tensor([p["value"] for p in points]).diff().gt(0).all()

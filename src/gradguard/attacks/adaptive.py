@@ -1,34 +1,41 @@
-"""Adaptive attacks: attackers that know the defense (DESIGN.md section 3, issue 8).
+"""Adaptive attacks: attackers that know the defense (docs/security.md, docs/design.md section 3).
 
 An adaptive attack turns what the attacker observed of one target into a gradient to invert
 and, optionally, a mask of gradient elements to leave out of the matching; the gradient
-matching itself is the plain engine (:class:`~gradguard.attacks.Attack`). Four attackers:
+matching itself is the plain engine (:class:`~gradguard.attacks.Attack`). An attacker knows a
+defense only through its public description: its configuration, :meth:`Defense.noise_model`,
+:meth:`Defense.perturbed_parameters`, :meth:`Defense.public_slices` and its compensator. Each
+attack says which defenses it applies to (:meth:`AdaptiveAttack.applies_to`), so the harness
+runs it against every registered defense that fits.
 
 - ``oracle-mute``: knows the secret noisy elements and mutes them. An upper bound: it assumes
   a leak the design forbids.
 - ``detect-mute``: estimates the slices from public information (the defense's public
   configuration and slicing code, run on the attacker's own data), scores each slice by its
-  mean square against the sigma^2 that noise alone adds, mutes the k highest (k is public).
-- ``compensate-invert``: runs the server's compensator on the single client's gradient.
+  mean square, mutes as many as the public noisy fraction says get noise.
+- ``compensate-invert``: runs the server's compensator on the single client's gradient (or
+  spectral shrinkage at the public noise level when the server runs none).
 - ``multi-round``: several observations of the same client, data and model (a replayed or
   stalled global model): per element, a value seen in two observations is taken as clean
   (noise never repeats); elsewhere the mean of the observations.
+- ``mute-perturbed``: leaves out the parameters a defense perturbs in a fixed pattern (Soteria's
+  last linear layer): the muted attack that breaks Soteria.
 """
 
 from __future__ import annotations
 
-import math
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
-from typing import ClassVar
+from typing import TYPE_CHECKING, ClassVar
 
 import torch
 from torch import Tensor, nn
 
 from ..errors import ConfigError
-from ..grads import flatten, unflatten
+from ..grads import Gradient, flatten, param_names, unflatten
 
-Gradient = list[Tensor]
+if TYPE_CHECKING:
+    from ..defenses.base import Defense
 
 
 @dataclass(frozen=True)
@@ -56,12 +63,33 @@ class AdaptiveAttack(ABC):
     """Prepares an observation for the matching engine; ``rounds`` observations are needed."""
 
     name: ClassVar[str]
+    #: knows the client's secret: an upper bound for evaluation, never counted in a verdict
+    oracle: ClassVar[bool] = False
     rounds: int = 1
 
+    @classmethod
     @abstractmethod
-    def prepare(self, model: nn.Module, observation: Observation, defense, public_data: tuple[Tensor, Tensor]) -> Prepared:
-        """``defense`` is the client's defense object, used only for its public configuration
-        and code; ``public_data`` is data the attacker owns (never the target)."""
+    def applies_to(cls, defense: Defense) -> bool:
+        """Whether this attack makes sense against ``defense`` (read from its public description)."""
+
+    @abstractmethod
+    def prepare(self, model: nn.Module, observation: Observation, defense: Defense,
+                public_data: tuple[Tensor, Tensor]) -> Prepared:
+        """``defense`` is the client's defense object, used only for its public description;
+        ``public_data`` is data the attacker owns (never the target)."""
+
+    def options(self) -> dict[str, object]:
+        """The options this attacker was built with (part of a cell's configuration)."""
+        return {}
+
+
+ADAPTIVE: dict[str, type[AdaptiveAttack]] = {}
+
+
+def register_adaptive(cls: type[AdaptiveAttack]) -> type[AdaptiveAttack]:
+    """Class decorator: make an adaptive attack available by its ``name``."""
+    ADAPTIVE[cls.name] = cls
+    return cls
 
 
 def detection_scores(predicted: Tensor, truth: Tensor | None) -> dict[str, float]:
@@ -73,8 +101,19 @@ def detection_scores(predicted: Tensor, truth: Tensor | None) -> dict[str, float
             "noisy_fraction": float(truth.float().mean())}
 
 
+def _leaves_clean_elements(defense: Defense) -> bool:
+    noise = defense.noise_model()
+    return noise is not None and noise.fraction < 1
+
+
+@register_adaptive
 class OracleMute(AdaptiveAttack):
     name = "oracle-mute"
+    oracle = True
+
+    @classmethod
+    def applies_to(cls, defense):
+        return _leaves_clean_elements(defense)
 
     def prepare(self, model, observation, defense, public_data):
         if observation.secret_mask is None:
@@ -83,21 +122,27 @@ class OracleMute(AdaptiveAttack):
         return Prepared(observation.gradients[0], mask if bool(mask.any()) else None)
 
 
+@register_adaptive
 class DetectMute(AdaptiveAttack):
-    """Mute the k slices whose mean square most exceeds what the clean gradient would give."""
+    """Mute the slices whose mean square is highest: as many as the public noisy fraction says
+    get noise."""
 
     name = "detect-mute"
 
+    @classmethod
+    def applies_to(cls, defense):
+        return defense.sliced and _leaves_clean_elements(defense)
+
     def prepare(self, model, observation, defense, public_data):
-        config = getattr(defense, "config", None)
-        if not all(hasattr(config, f) for f in ("sigma", "slices", "chosen")) or not hasattr(defense, "slice_bounds"):
-            raise ConfigError(f"{self.name}: needs a slice defense (sigma, slices, chosen); got {defense!r}")
+        noise = defense.noise_model()
+        if not defense.sliced or noise is None:
+            raise ConfigError(f"{self.name}: needs a defense that puts noise on slices; got {defense!r}")
         gradient = observation.gradients[0]
-        bounds = defense.slice_bounds(gradient, model, public_data)
+        bounds = defense.public_slices(gradient, model, public_data)
         flat = flatten(gradient)
         sizes = (bounds[1:] - bounds[:-1]).tolist()
         energy = torch.stack([part.square().mean() for part in flat.split(sizes)])
-        count = defense.chosen_count(len(sizes))
+        count = max(1, min(len(sizes), round(noise.fraction * len(sizes))))
         muted_slices = energy.topk(count).indices
         mask = torch.zeros_like(flat, dtype=torch.bool)
         for j in muted_slices.tolist():
@@ -105,26 +150,31 @@ class DetectMute(AdaptiveAttack):
         return Prepared(gradient, mask, detection_scores(mask, observation.secret_mask))
 
 
+@register_adaptive
 class CompensateInvert(AdaptiveAttack):
     """Denoise one client's gradient (weight 1) with the server's compensator or, when the
     server runs none, with spectral shrinkage at the defense's public noise level."""
 
     name = "compensate-invert"
 
+    @classmethod
+    def applies_to(cls, defense):
+        return defense.noise_model() is not None
+
     def prepare(self, model, observation, defense, public_data):
         from ..defenses.compensation import SpectralShrinkage
 
         compensator = defense.compensator()
-        config = getattr(defense, "config", None)
-        sigma = getattr(config, "sigma", None) or math.sqrt(2) * getattr(config, "scale", 0.0) or None
-        if compensator is None and sigma is not None:
-            compensator = SpectralShrinkage(sigma, getattr(defense, "noisy_fraction", 1.0))
+        noise = defense.noise_model()
+        if compensator is None and noise is not None and noise.std > 0:
+            compensator = SpectralShrinkage(noise.std, noise.fraction)
         if compensator is None:
             raise ConfigError(f"{self.name}: {defense!r} has no public noise level to denoise against")
         gradient = observation.gradients[0]
         return Prepared(compensator.compensate(gradient, torch.ones(1, dtype=torch.float64)))
 
 
+@register_adaptive
 class MultiRound(AdaptiveAttack):
     """Combine several noisy observations of one gradient: agreeing values, else the mean."""
 
@@ -134,6 +184,13 @@ class MultiRound(AdaptiveAttack):
         if rounds < 2:
             raise ConfigError(f"{self.name}: rounds must be >= 2, got {rounds}")
         self.rounds, self.tolerance = rounds, tolerance
+
+    @classmethod
+    def applies_to(cls, defense):
+        return defense.noise_model() is not None
+
+    def options(self) -> dict[str, object]:
+        return {"rounds": self.rounds, "tolerance": self.tolerance}
 
     def prepare(self, model, observation, defense, public_data):
         if len(observation.gradients) < 2:
@@ -154,12 +211,34 @@ def combine_observations(stacked: Tensor, tolerance: float = 1e-7) -> Tensor:
     return torch.where(agree.any(dim=0), shared, stacked.mean(dim=0))
 
 
-ADAPTIVE: dict[str, type[AdaptiveAttack]] = {
-    cls.name: cls for cls in (OracleMute, DetectMute, CompensateInvert, MultiRound)
-}
+@register_adaptive
+class MutePerturbed(AdaptiveAttack):
+    """Leave out every gradient element of the parameters the defense perturbs in a public,
+    fixed pattern (for Soteria, the last linear layer's weight)."""
+
+    name = "mute-perturbed"
+
+    @classmethod
+    def applies_to(cls, defense):
+        return defense.perturbed_parameters() is not None
+
+    def prepare(self, model, observation, defense, public_data):
+        perturbed = set(defense.perturbed_parameters() or ())
+        names = param_names(model)
+        missing = perturbed - set(names)
+        if missing:
+            raise ConfigError(f"{self.name}: the model has no parameters {sorted(missing)}")
+        gradient = observation.gradients[0]
+        mask = torch.cat([torch.full((g.numel(),), name in perturbed, dtype=torch.bool)
+                          for name, g in zip(names, gradient)])
+        return Prepared(gradient, mask)
 
 
 def adaptive_attack(name: str, **options) -> AdaptiveAttack:
+    """Build the adaptive attack registered as ``name``; an unknown name or option is a ConfigError."""
     if name not in ADAPTIVE:
         raise ConfigError(f"adaptive attack: unknown name {name!r}; choose one of {sorted(ADAPTIVE)}")
-    return ADAPTIVE[name](**options)
+    try:
+        return ADAPTIVE[name](**options)
+    except TypeError as exc:
+        raise ConfigError(f"adaptive attack {name!r}: {exc}") from None

@@ -8,8 +8,9 @@
   gradients, lr x0.1 at 3/8, 5/8, 7/8 of 4,800 iterations, images boxed to [0, 1], randn
   start, total variation 0.1 (inversefed's DEFAULT_CONFIG; pixel space here), restarts scored
   by the matching loss, labels recovered as in iDLG at batch size 1 and given otherwise.
-- ``soteria-muted``: ``dlg`` with the last linear layer's weight gradient left out of the
-  matching, the adaptive attack that ignores what Soteria perturbs.
+
+Attacks that know the defense (the muted attack that breaks Soteria among them) are adaptive
+attacks: ``gradguard.attacks.adaptive``.
 """
 
 from __future__ import annotations
@@ -26,5 +27,4 @@ GIA = AttackConfig(distance="cosine", optimizer="adam", lr=0.1, signed=True, ite
 ATTACKS: dict[str, AttackConfig] = {
     "dlg": DLG,
     "gia": GIA,
-    "soteria-muted": DLG.model_copy(update={"mute": ["fc.weight"]}),
 }

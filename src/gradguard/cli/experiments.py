@@ -2,11 +2,19 @@
 
 from __future__ import annotations
 
+import argparse
 import time
 from pathlib import Path
 
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    TextColumn,
+    TimeElapsedColumn,
+    TimeRemainingColumn,
+)
 
 from .app import command
 from .options import add_data_root
@@ -17,7 +25,17 @@ console = Console(stderr=True)
 def _add_run_options(p, default_out: str) -> None:
     p.add_argument("--out", type=Path, default=Path(default_out), help="run folder (results store, report)")
     add_data_root(p)
-    p.add_argument("--jobs", type=int, default=1, help="worker processes for independent cells")
+    p.add_argument("--jobs", type=_jobs, default=1, help="worker processes for independent cells (>= 1)")
+
+
+def _jobs(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
 
 
 def _progress() -> Progress:
@@ -25,36 +43,31 @@ def _progress() -> Progress:
                     TextColumn("ETA"), TimeRemainingColumn(), console=console, transient=False)
 
 
-def _describe(kind: str, config: dict) -> str:
-    if kind == "attack":
-        options = ",".join(f"{k}={v:.3g}" for k, v in config["defense_options"].items())
-        muted = " (muted)" if config["attack_overrides"].get("mute") else ""
-        adaptive = f"{config['adaptive']['name']} + " if config.get("adaptive") else ""
-        return f"{config['dataset']}: {adaptive}{config['attack']}{muted} vs {config['defense']} {options}".strip()
-    return f"{config['dataset']}: train with {config['defense']}"
-
-
-def _runner(args, store, progress: Progress, total: int):
+def _runner(args, store, progress: Progress, plan):
+    """A runner whose progress counts the plan's units (tasks and searches), each exactly once."""
     from ..experiments.runner import CellRunner
 
-    task = progress.add_task("starting", total=total)
+    runner = CellRunner(store, data_root=args.data_root, jobs=args.jobs)
+    task = progress.add_task("starting", total=plan.size, completed=runner.stored_count(plan))
 
-    def done(kind, config, cached):
-        progress.update(task, advance=1, total=max(total, progress.tasks[task].completed + 1))
-        if not console.is_terminal and not cached:  # a log file gets one line per computed cell instead of a bar
+    def done(label: str, cached: bool) -> None:
+        if cached:  # counted at the start
+            return
+        progress.update(task, advance=1)
+        if not console.is_terminal:  # a log file gets one line per computed unit instead of a bar
             state = progress.tasks[task]
-            console.print(f"{state.completed:.0f}/{state.total:.0f} {_describe(kind, config)}", soft_wrap=True)
+            console.print(f"{state.completed:.0f}/{state.total:.0f} {label}", soft_wrap=True)
 
-    def start(kind, config):
-        progress.update(task, description=_describe(kind, config))
+    def start(cell) -> None:
+        progress.update(task, description=cell.describe())
 
-    return CellRunner(store, data_root=args.data_root, jobs=max(1, args.jobs), on_start=start, on_done=done)
+    runner.on_start, runner.on_done = start, done
+    return runner
 
 
 def _finish(progress: Progress) -> None:
-    """End the bar at 100%: the estimate counts every search cell, and a search already stored is not revisited."""
     for task in progress.tasks:
-        progress.update(task.id, total=task.completed, description="all cells done")
+        progress.update(task.id, description="all cells done")
 
 
 def _open_store(out: Path):
@@ -63,18 +76,36 @@ def _open_store(out: Path):
     return ResultStore(out)
 
 
-def _reproduce(args, profile) -> Path:
-    from ..experiments.profiles import estimate_cells, estimate_seconds
+def _dry_run(args, plan) -> None:
+    """Print the plan, what the store already holds and the estimate; compute nothing."""
+    from ..experiments.plan import describe_plan
+    from ..experiments.store import ResultStore
+
+    path = args.out / ResultStore.FILENAME
+    stored = {c.key for c in ResultStore(args.out).cells()} if path.is_file() else set()
+    for line in describe_plan(plan, stored):
+        print(line)
+    print(f"{plan.size} units ({len(plan.tasks)} cells, {len(plan.searches)} searches); about "
+          f"{plan.estimate_total_s() / 60 / args.jobs:.0f} min with --jobs {args.jobs} on 2 CPU cores if none is stored")
+
+
+def _reproduce(args, profile) -> Path | None:
+    from ..experiments.plan import build_plan
     from ..experiments.report import build_report
     from ..experiments.reproduce import check_datasets, reproduce
 
+    plan = build_plan(profile)
+    if getattr(args, "dry_run", False):
+        _dry_run(args, plan)
+        return None
     check_datasets(profile, args.data_root)
     store = _open_store(args.out)
-    console.print(f"[bold]{profile.name}[/]: {', '.join(profile.datasets)} -> {args.out} "
-                  f"(expected about {estimate_seconds(profile) / 60 / max(1, args.jobs):.0f} min on 2 CPU cores; "
-                  f"{store.count()} cells already stored)")
     start = time.perf_counter()
-    with _progress() as progress, _runner(args, store, progress, estimate_cells(profile)) as runner:
+    with _progress() as progress, _runner(args, store, progress, plan) as runner:
+        stored = runner.stored_count(plan)
+        console.print(f"[bold]{profile.name}[/]: {', '.join(profile.datasets)} -> {args.out} "
+                      f"({plan.size} units, {stored} already stored; a fresh run takes about "
+                      f"{plan.estimate_total_s() / 60 / args.jobs:.0f} min with --jobs {args.jobs} on 2 CPU cores)")
         reproduce(runner, profile)
         _finish(progress)
     page = build_report(args.out)
@@ -83,7 +114,12 @@ def _reproduce(args, profile) -> Path:
 
 
 def _configure_reproduce(p) -> None:
-    p.add_argument("--profile", default="quick", help="quick (mnist-sample, minutes) or paper (full datasets)")
+    from ..experiments.profiles import PROFILES
+
+    p.add_argument("--profile", default="quick",
+                   help=f"a built-in profile ({', '.join(PROFILES)}) or a profile file (.json or .toml)")
+    p.add_argument("--dry-run", action="store_true", help="print every planned cell and the time estimate; "
+                                                           "compute nothing")
     _add_run_options(p, "runs/reproduce")
 
 
@@ -105,6 +141,7 @@ def demo(args) -> None:
     from ..experiments.profiles import get_profile
 
     page = _reproduce(args, get_profile("quick"))
+    assert page is not None
     print((page.parent / "tables.md").read_text())
     print(f"HTML report: {page}")
 
@@ -112,8 +149,9 @@ def demo(args) -> None:
 def _configure_sweep(p) -> None:
     p.add_argument("--dataset", default="mnist-sample", help="dataset name or npz:PATH")
     p.add_argument("--defense", action="append", required=True, help="defense to sweep (repeat for several)")
-    p.add_argument("--param", action="append", required=True,
-                   help="NAME=LOW:HIGH:logN | LOW:HIGH:linN | V1,V2 (one per --defense, in order)")
+    p.add_argument("--param", action="append", default=[],
+                   help="NAME=LOW:HIGH:logN | LOW:HIGH:linN | V1,V2 (one per --defense, in order); without any, "
+                        "each defense's registered strength range at 5 log-spaced values")
     p.add_argument("--attack", default="dlg", help="attack that measures privacy at each point")
     p.add_argument("--profile", default="quick", help="profile whose attack and training budgets are used")
     _add_run_options(p, "runs/sweep")
@@ -125,15 +163,18 @@ def sweep_command(args) -> None:
     from ..errors import ConfigError
     from ..experiments.profiles import get_profile
     from ..experiments.report import build_report
-    from ..experiments.sweep import parse_values, sweep
+    from ..experiments.sweep import default_spec, sweep, sweep_plan
 
-    if len(args.defense) != len(args.param):
-        raise ConfigError(f"sweep: {len(args.defense)} --defense but {len(args.param)} --param; give one --param each")
-    total = 2 * sum(len(parse_values(spec)[1]) for spec in args.param)
+    params = args.param or [default_spec(defense) for defense in args.defense]
+    if len(args.defense) != len(params):
+        raise ConfigError(f"sweep: {len(args.defense)} --defense but {len(params)} --param; give one --param each")
     profile = get_profile(args.profile).model_copy(update={"datasets": [args.dataset]})
+    profile.check_names()
+    curves = list(zip(args.defense, params))
+    plan, _ = sweep_plan(profile, args.dataset, args.attack, curves)
     store = _open_store(args.out)
-    with _progress() as progress, _runner(args, store, progress, total) as runner:
-        sweep(runner, profile, args.dataset, args.attack, list(zip(args.defense, args.param)))
+    with _progress() as progress, _runner(args, store, progress, plan) as runner:
+        sweep(runner, profile, args.dataset, args.attack, curves)
         _finish(progress)
     console.print(f"report: {build_report(args.out)}")
 

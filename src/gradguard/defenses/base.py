@@ -10,14 +10,15 @@ estimate of the clean aggregate.
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from dataclasses import dataclass, field
-from typing import Any, ClassVar, Sequence
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import ClassVar, Literal
 
 import torch
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, model_validator
 from torch import Tensor, nn
 
-from ..errors import ConfigError
+from ..errors import ConfigError, config_errors
 
 Gradient = list[Tensor]
 
@@ -26,9 +27,9 @@ Gradient = list[Tensor]
 class DefenseContext:
     """What a client knows when it defends one gradient.
 
-    ``generator`` drives every random draw of the defense (DESIGN.md: randomness is explicit);
-    ``round`` and ``client`` let stateful defenses refresh per-round state such as risks;
-    ``local_data`` is the client's whole local dataset (images, labels), e.g. for a root set.
+    ``generator`` drives every random draw of the defense (docs/design.md section 1: randomness
+    is explicit); ``round`` and ``client`` let stateful defenses refresh per-round state such as
+    risks; ``local_data`` is the client's whole local dataset (images, labels), e.g. for a root set.
     """
 
     model: nn.Module | None = None
@@ -39,13 +40,48 @@ class DefenseContext:
     client: int = 0
     per_sample: Gradient | None = None
     local_data: tuple[Tensor, Tensor] | None = None
-    extras: dict[str, Any] = field(default_factory=dict)
 
 
 class DefenseConfig(BaseModel):
     """Base of every defense's typed config: unknown keys are errors, values are validated."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class Strength(BaseModel):
+    """A defense's strength knob: the option that sets it, and the range that the equal-privacy
+    search and sweeps cover. Strength grows from ``low`` to ``high`` and attack PSNR is expected
+    to fall along it; the option's value is ``strength * scale`` (e.g. a fraction shown as a
+    percentile)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    option: str
+    low: float
+    high: float
+    scale: float = 1.0
+
+    @model_validator(mode="after")
+    def _ordered(self) -> Strength:
+        if not 0 < self.low < self.high:
+            raise ValueError(f"strength range must satisfy 0 < low < high, got low={self.low}, high={self.high}")
+        return self
+
+    def options(self, strength: float) -> dict[str, float]:
+        return {self.option: strength * self.scale}
+
+
+@dataclass(frozen=True)
+class NoiseModel:
+    """The noise a defense adds, as its public configuration tells it (what an adaptive attacker
+    knows): the distribution, the per-element standard deviation in gradient units, the expected
+    fraction of elements that get noise (below 1, the clean ones are secret), and whether the
+    same gradient sent twice gets fresh noise (``fresh=False``: memoised noise)."""
+
+    distribution: Literal["gaussian", "laplace"]
+    std: float
+    fraction: float = 1.0
+    fresh: bool = True
 
 
 class Compensator(ABC):
@@ -59,25 +95,60 @@ class Compensator(ABC):
 
 
 class Defense(ABC):
-    """Client side: one gradient in, one defended gradient out. Never modifies its input."""
+    """Client side: one gradient in, one defended gradient out. Never modifies its input.
+
+    The class attributes below are the defense's registration: the reproduction harness, the
+    sweeps and the adaptive attacks find everything they need there, so a new defense is one
+    module plus ``@register`` (docs/extending.md).
+    """
 
     name: ClassVar[str]
     Config: ClassVar[type[DefenseConfig]] = DefenseConfig
     needs_batch: ClassVar[bool] = False  # reads context.model/x/y
+    #: the option the equal-privacy search and sweeps vary; None: compared only as configured
+    strength: ClassVar[Strength | None] = None
+    #: whether reproduction profiles train with it (the utility table)
+    trains: ClassVar[bool] = True
+    #: whether it cuts the gradient into slices that :meth:`public_slices` recomputes
+    sliced: ClassVar[bool] = False
 
     def __init__(self, config: DefenseConfig | None = None, **options):
-        self.config = config if config is not None else self.Config(**options)
+        if config is None:
+            with config_errors(f"defense {self.name!r}"):
+                config = self.Config(**options)
+        self.config = config
 
     @abstractmethod
     def defend(self, grads: Sequence[Tensor], context: DefenseContext) -> Gradient:
         """Return the defended gradient; ``grads`` is left untouched."""
 
+    def defend_with_secret(self, grads: Sequence[Tensor], context: DefenseContext) -> tuple[Gradient, Tensor | None]:
+        """The defended gradient and the client's secret: a bool mask over the flat gradient of
+        the elements that got noise (None when the defense keeps no such secret). For evaluation
+        only (the oracle attack, detection scores): a client never sends it."""
+        return self.defend(grads, context), None
+
     def compensator(self) -> Compensator | None:
         """The server-side compensator for this defense, or None when the plain average is best."""
         return None
 
+    def noise_model(self, batch_size: int = 1) -> NoiseModel | None:
+        """The public noise of this configuration for a batch of ``batch_size``, or None when
+        the defense adds no random noise."""
+        return None
+
+    def perturbed_parameters(self) -> tuple[str, ...] | None:
+        """Names of the parameters whose gradients the defense changes in a fixed, public
+        pattern (an attacker may leave them out), or None."""
+        return None
+
+    def public_slices(self, grads: Sequence[Tensor], model: nn.Module, data: tuple[Tensor, Tensor]) -> Tensor:
+        """The slice bounds this defense's public code gives for ``model`` and the attacker's own
+        ``data`` (only when :attr:`sliced`)."""
+        raise ConfigError(f"defense {self.name!r} does not slice the gradient")
+
     @classmethod
-    def from_config(cls, name: str, **options) -> "Defense":
+    def from_config(cls, name: str, **options) -> Defense:
         """Build the defense registered as ``name`` with validated ``options``."""
         if name not in DEFENSES:
             raise ConfigError(f"defense: unknown name {name!r}; choose one of {sorted(DEFENSES)}")

@@ -11,7 +11,7 @@ import math
 import torch
 from pydantic import Field
 
-from .base import Defense, DefenseConfig, check_finite, register
+from .base import Defense, DefenseConfig, Strength, check_finite, register
 
 
 class CompressionConfig(DefenseConfig):
@@ -25,6 +25,7 @@ class GradientCompression(Defense):
 
     name = "gc"
     Config = CompressionConfig
+    strength = Strength(option="percentile", low=0.1, high=0.999, scale=100.0)
 
     def defend(self, grads, context):
         check_finite(grads, self.name)

@@ -17,7 +17,7 @@ from pydantic import Field
 
 from ..errors import ConfigError
 from ..grads import flatten_batched, per_sample_gradients, unflatten
-from .base import Defense, DefenseConfig, DefenseContext, check_finite, register
+from .base import Defense, DefenseConfig, DefenseContext, NoiseModel, Strength, check_finite, register
 from .rng import generator_for, normal
 
 
@@ -35,6 +35,11 @@ class DPSGD(Defense):
     name = "dpsgd"
     Config = DPSGDConfig
     needs_batch = True
+    strength = Strength(option="noise_multiplier", low=1e-3, high=10.0)
+
+    def noise_model(self, batch_size: int = 1) -> NoiseModel:
+        """N(0, (z C)^2) on the clipped sum, divided by the batch size."""
+        return NoiseModel("gaussian", self.config.noise_multiplier * self.config.clip / batch_size)
 
     def __init__(self, config=None, **options):
         super().__init__(config, **options)

@@ -34,7 +34,8 @@ from torch import Tensor
 from ..errors import ConfigError
 from ..grads import flatten, flatten_batched, param_names, per_sample_gradients, unflatten
 from ..rng import keyed_generator, new_secret
-from .base import Compensator, Defense, DefenseConfig, DefenseContext, Gradient, check_finite, register
+from .base import (Compensator, Defense, DefenseConfig, DefenseContext, Gradient, NoiseModel, Strength, check_finite,
+                   register)
 from .compensation import MarchenkoPastur, SpectralShrinkage
 from .rng import choose, generator_for, normal
 from .sensitivity import root_set, tensor_risks
@@ -102,6 +103,8 @@ class GradDefense(Defense):
     name = "graddefense"
     Config = GradDefenseConfig
     needs_batch = True
+    strength = Strength(option="sigma", low=1e-3, high=3.0)
+    sliced = True
 
     def __init__(self, config=None, **options):
         super().__init__(config, **options)
@@ -115,6 +118,10 @@ class GradDefense(Defense):
         return self._fraction
 
     def defend(self, grads, context: DefenseContext) -> Gradient:
+        return self.defend_with_secret(grads, context)[0]
+
+    def defend_with_secret(self, grads, context: DefenseContext) -> tuple[Gradient, Tensor]:
+        """The defended gradient and the mask of the elements that got noise (the secret)."""
         flat = flatten(grads)  # a new tensor: the input is never written
         if not torch.isfinite(flat.sum()):  # one reduction; the exact per-tensor check only when in doubt
             check_finite(grads, self.name)
@@ -125,14 +132,18 @@ class GradDefense(Defense):
         slice_count = len(bounds) - 1
         chosen = choose(self.chosen_count(slice_count), slice_count, generator)
         starts, ends = bounds[chosen].tolist(), bounds[chosen + 1].tolist()
-        context.extras["noisy_slices"] = list(zip(starts, ends))  # the client's secret, for evaluation only
         if self.config.clip is not None:
             self._clip(flat, starts, ends, context)
         lengths = [end - start for start, end in zip(starts, ends)]
         noise = normal(sum(lengths), generator, flat).mul_(self.config.sigma)  # one draw for all chosen slices
+        secret = torch.zeros(flat.numel(), dtype=torch.bool)
         for start, end, part in zip(starts, ends, noise.split(lengths)):
             flat[start:end] += part
-        return unflatten(flat, grads)
+            secret[start:end] = True
+        return unflatten(flat, grads), secret
+
+    def noise_model(self, batch_size: int = 1) -> NoiseModel:
+        return NoiseModel("gaussian", self.config.sigma, self._fraction, fresh=not self.config.memoize)
 
     def compensator(self) -> Compensator | None:
         c = self.config
@@ -144,13 +155,12 @@ class GradDefense(Defense):
         variance = "original" if c.compensation == "mp-original" else "correct"
         return MarchenkoPastur(c.sigma, fraction, variance, ratio=c.mp_ratio)
 
-    def slice_bounds(self, grads, model, data: tuple[Tensor, Tensor],
-                     generator: torch.Generator | None = None) -> Tensor:
+    def public_slices(self, grads, model, data: tuple[Tensor, Tensor]) -> Tensor:
         """The S + 1 slice bounds this defense's public code gives for ``model`` and ``data``.
 
         A client slices with its own root set; an adaptive attacker calls this with data of its
         own to estimate the client's slices (the code and configuration are public)."""
-        context = DefenseContext(model=model, local_data=data, generator=generator)
+        context = DefenseContext(model=model, local_data=data)
         return self._slice(grads, context, generator_for(context))
 
     def chosen_count(self, slice_count: int) -> int:
@@ -239,3 +249,4 @@ class GradDefensePaper(GradDefense):
 
     name = "graddefense-paper"
     Config = GradDefensePaperConfig
+    strength = None  # the paper's configuration, compared as it is

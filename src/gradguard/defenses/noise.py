@@ -7,13 +7,15 @@ sample's influence is unbounded and they carry NO formal differential-privacy gu
 
 from __future__ import annotations
 
-from typing import Callable, ClassVar
+import math
+from collections.abc import Callable
+from typing import ClassVar, Literal
 
 import torch
 from pydantic import Field
 from torch import Tensor
 
-from .base import Defense, DefenseConfig, check_finite, register
+from .base import Defense, DefenseConfig, NoiseModel, Strength, check_finite, register
 from .rng import generator_for, laplace, normal
 
 
@@ -32,12 +34,17 @@ class _ElementNoise(Defense):
 
     draw: ClassVar[Callable[[int, torch.Generator, Tensor], Tensor]]
     scale_field: ClassVar[str]
+    distribution: ClassVar[Literal["gaussian", "laplace"]]
+    std_per_scale: ClassVar[float] = 1.0  # the draw's standard deviation at unit scale
 
     def defend(self, grads, context):
         check_finite(grads, self.name)
         generator = generator_for(context)
         scale = getattr(self.config, self.scale_field)
         return [g + scale * self.draw(g.numel(), generator, g).view_as(g) for g in grads]
+
+    def noise_model(self, batch_size: int = 1) -> NoiseModel:
+        return NoiseModel(self.distribution, self.std_per_scale * getattr(self.config, self.scale_field))
 
 
 @register
@@ -46,8 +53,10 @@ class GaussianNoise(_ElementNoise):
 
     name = "dp-gaussian"
     Config = GaussianNoiseConfig
+    strength = Strength(option="sigma", low=1e-4, high=1.0)
     draw = staticmethod(normal)
     scale_field = "sigma"
+    distribution = "gaussian"
 
 
 @register
@@ -56,5 +65,8 @@ class LaplaceNoise(_ElementNoise):
 
     name = "dp-laplace"
     Config = LaplaceNoiseConfig
+    strength = Strength(option="scale", low=1e-4, high=1.0)
     draw = staticmethod(laplace)
     scale_field = "scale"
+    distribution = "laplace"
+    std_per_scale = math.sqrt(2)

@@ -19,7 +19,7 @@ from torch.func import vjp, vmap
 
 from ..errors import ConfigError
 from ..grads import eval_mode, trainable_parameters
-from .base import Defense, DefenseConfig, check_finite, register
+from .base import Defense, DefenseConfig, Strength, check_finite, register
 
 
 class SoteriaConfig(DefenseConfig):
@@ -36,6 +36,11 @@ class Soteria(Defense):
     name = "soteria"
     Config = SoteriaConfig
     needs_batch = True
+    strength = Strength(option="percentile", low=0.01, high=0.99, scale=100.0)
+
+    def perturbed_parameters(self) -> tuple[str, ...]:
+        """Only the last linear layer's weight gradient (``fc.weight``) is ever changed."""
+        return ("fc.weight",)
 
     def defend(self, grads, context):
         check_finite(grads, self.name)

@@ -1,33 +1,172 @@
-"""The two kinds of cell a reproduction computes: an attack on a set of images, and a training run.
+"""The cells a reproduction computes, as typed, frozen configurations, and how each is computed.
 
-Each is a pure function of its configuration: the model's initialisation, the choice of
-target images, the defense's noise and the attack's randomness all derive from the config's
-seed, so the store's cached result equals a recomputation.
+A cell is one unit of work: an attack on a set of images (:class:`AttackCell`), a training run
+(:class:`TrainCell`), or an equal-privacy search over attack cells (:class:`SearchCell`). Each is
+a pure function of its configuration: the model's initialisation, the choice of target images,
+the defense's noise and the attack's randomness all derive from the config's seed (through
+:mod:`gradguard.rng`), so a stored result equals a recomputation.
+
+A cell's configuration is also its key in the results store: one canonical serialisation
+(:meth:`Cell.key`). Adding, removing or retyping a field would change every key, so the
+fields are fingerprinted: :data:`SCHEMA_FINGERPRINT` must match the classes, and a change
+needs a :data:`STORE_VERSION` bump (the store then refuses an older run folder with a clear
+message instead of silently recomputing or mixing results).
 """
 
 from __future__ import annotations
 
 import base64
 import hashlib
+import json
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, ClassVar
 
 import numpy as np
 import torch
+from pydantic import BaseModel, ConfigDict, Field
 
 from ..attacks import Attack
 from ..attacks.adaptive import Observation, adaptive_attack
 from ..data import load_dataset
 from ..defenses import Defense, DefenseContext
+from ..defenses.base import Strength
+from ..errors import GradguardError
 from ..grads import batch_gradient
 from ..metrics import label_accuracy, score_reconstruction
 from ..models import build_model, model_for
+from ..rng import make_generator, seeded_global_rng
+
+#: Version of the cell format (fields and key derivation). Bump it with :data:`SCHEMA_FINGERPRINT`.
+STORE_VERSION = 2
+#: sha256 prefix of the cell classes' JSON schemas at :data:`STORE_VERSION` (see :func:`schema_fingerprint`).
+SCHEMA_FINGERPRINT = "0ce67c0220ca79b5"
 
 
-def derived_generator(*parts: Any) -> torch.Generator:
-    """A generator seeded from a hash of ``parts`` (e.g. the seed and a purpose)."""
-    digest = hashlib.sha256(repr(parts).encode()).digest()
-    return torch.Generator().manual_seed(int.from_bytes(digest[:8], "little") & (2**63 - 1))
+class TrainSettings(BaseModel):
+    """The federated schedule of a training cell (every defense of a profile trains with the same)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    algorithm: str = "fedavg"
+    clients: int = Field(10, ge=1)
+    fraction: float = Field(1.0, gt=0, le=1)
+    rounds: int = Field(20, ge=1)
+    batch_size: int = Field(32, ge=1)
+    lr: float = Field(0.1, gt=0)
+    local_steps: int | None = Field(5, ge=1)
+    eval_every: int = Field(2, ge=1)
+
+
+class Cell(BaseModel):
+    """Base of every cell: frozen, unknown fields refused, one canonical key."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    kind: ClassVar[str]
+
+    def config(self) -> dict[str, Any]:
+        """The configuration as plain JSON data (what the store keeps beside the result)."""
+        return self.model_dump(mode="json")
+
+    def key(self) -> str:
+        return cell_key(self.kind, self.config())
+
+    def describe(self) -> str:
+        return f"{self.kind} cell"
+
+
+def cell_key(kind: str, config: dict[str, Any]) -> str:
+    """A stable hash of a cell's kind, the store version and its configuration (canonical JSON)."""
+    canonical = json.dumps({"kind": kind, "version": STORE_VERSION, "config": config}, sort_keys=True,
+                           separators=(",", ":"), default=str)
+    return hashlib.sha256(canonical.encode()).hexdigest()[:32]
+
+
+def _options(options: dict[str, Any]) -> str:
+    return ",".join(f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}" for k, v in options.items())
+
+
+class AttackCell(Cell):
+    """Attack ``images`` training images, ``batch_size`` at a time, through a defense; with
+    ``adaptive``, that adaptive attacker prepares each observation before the matching."""
+
+    kind: ClassVar[str] = "attack"
+
+    dataset: str
+    model: str
+    model_options: dict[str, Any] = Field(default_factory=dict)
+    normalised: bool = True
+    attack: str
+    attack_overrides: dict[str, Any] = Field(default_factory=dict)
+    adaptive: str | None = None
+    adaptive_options: dict[str, Any] = Field(default_factory=dict)
+    defense: str
+    defense_options: dict[str, Any] = Field(default_factory=dict)
+    images: int = Field(ge=1)
+    batch_size: int = Field(ge=1)
+    seed: int
+    target_pool: int = Field(ge=1)
+    public_images: int = Field(ge=1)
+
+    def describe(self) -> str:
+        adaptive = f"{self.adaptive} + " if self.adaptive else ""
+        return f"{self.dataset}: {adaptive}{self.attack} vs {self.defense} {_options(self.defense_options)}".strip()
+
+
+class TrainCell(Cell):
+    """One simulated federated training run with a defense."""
+
+    kind: ClassVar[str] = "train"
+
+    dataset: str
+    model: str
+    defense: str
+    defense_options: dict[str, Any] = Field(default_factory=dict)
+    train: TrainSettings
+    seed: int
+
+    def describe(self) -> str:
+        return f"{self.dataset}: train with {self.defense} {_options(self.defense_options)}".strip()
+
+
+class SearchCell(Cell):
+    """The weakest strength of ``probe.defense`` whose attack PSNR is at most the ``reference``
+    attack's PSNR + ``tolerance_db``: a log-bisection over ``strength`` with ``steps`` probes
+    after the two bounds (each probe is the ``probe`` cell with the defense's option set)."""
+
+    kind: ClassVar[str] = "search"
+
+    reference: AttackCell
+    probe: AttackCell
+    strength: Strength
+    steps: int = Field(ge=0)
+    tolerance_db: float = Field(ge=0)
+
+    def at(self, strength: float) -> AttackCell:
+        return self.probe.model_copy(update={"defense_options": self.strength.options(strength)})
+
+    def describe(self) -> str:
+        return (f"{self.probe.dataset}: search {self.probe.defense} {self.strength.option} in "
+                f"[{self.strength.low:g}, {self.strength.high:g}] x{self.strength.scale:g} against "
+                f"{self.reference.defense} under {self.probe.attack}")
+
+
+CELL_TYPES: dict[str, type[Cell]] = {cls.kind: cls for cls in (AttackCell, TrainCell, SearchCell)}
+
+
+def schema_fingerprint() -> str:
+    """A hash of every cell class's fields, types and defaults: changes whenever a key would."""
+    schemas = {kind: cls.model_json_schema() for kind, cls in sorted(CELL_TYPES.items())}
+    return hashlib.sha256(json.dumps(schemas, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def check_schema() -> None:
+    """Refuse to key cells when their fields changed without a store version bump."""
+    found = schema_fingerprint()
+    if found != SCHEMA_FINGERPRINT:
+        raise GradguardError(
+            f"cell fields changed (schema {found}, expected {SCHEMA_FINGERPRINT} for store version {STORE_VERSION}): "
+            f"bump STORE_VERSION and set SCHEMA_FINGERPRINT = {found!r} in gradguard/experiments/cells.py")
 
 
 def encode_images(images: torch.Tensor) -> dict[str, Any]:
@@ -41,62 +180,58 @@ def decode_images(blob: dict[str, Any]) -> torch.Tensor:
     return torch.from_numpy(array.copy()).float() / 255
 
 
-def target_indices(num_train: int, count: int, generator: torch.Generator, pool: int = 4000) -> list[int]:
+def target_indices(num_train: int, count: int, generator: torch.Generator, pool: int) -> list[int]:
     """Which training images are attacked: a seeded draw from the first ``pool`` images (for
-    CIFAR-10 those carry exact pixels)."""
+    CIFAR-10, the first 4,000 carry exact pixels)."""
     return torch.randperm(min(pool, num_train), generator=generator)[:count].tolist()
 
 
 def seeded_model(dataset, name: str, seed: int, normalised: bool = True, **options) -> torch.nn.Module:
-    """The model the attacker sees, initialised from the seed without touching the global RNG.
+    """The model the attacker sees, initialised from the seed; the global RNG is left as it was.
 
     ``normalised=False`` leaves out the dataset's normalisation layer, as DLG's own LeNet does:
     DLG's L-BFGS at lr 1 diverges on most images through it (docs/attacks.md)."""
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
+    with seeded_global_rng(seed, "model"):
         if normalised:
             return model_for(dataset, name, **options)
         return build_model(name, dataset.image_shape, dataset.num_classes, **options)
 
 
-def observe(defense, model, x, y, rounds: int, generator_of) -> Observation:
+def observe(defense: Defense, model, x, y, rounds: int, generator_of) -> Observation:
     """What the attacker sees of one batch: its defended gradient in ``rounds`` rounds at the
     same model (a replayed model), and the client's secret noisy elements for scoring."""
     clean = batch_gradient(model, x, y)
     gradients, secret = [], None
     for r in range(rounds):
         context = DefenseContext(model=model, x=x, y=y, generator=generator_of(r), round=r, local_data=(x, y))
-        gradients.append(defense.defend(clean, context))
-        if r == 0 and "noisy_slices" in context.extras:
-            secret = torch.zeros(sum(g.numel() for g in clean), dtype=torch.bool)
-            for start, end in context.extras["noisy_slices"]:
-                secret[start:end] = True
+        defended, mask = defense.defend_with_secret(clean, context)
+        gradients.append(defended)
+        if r == 0:
+            secret = mask
     return Observation(gradients, secret)
 
 
-def attack_cell(config: dict[str, Any], data_root: Path | None) -> dict[str, Any]:
-    """Attack ``images`` training images, ``batch_size`` at a time, through a defense; with an
-    ``adaptive`` entry, the adaptive attacker prepares each observation first."""
-    dataset = load_dataset(config["dataset"], data_root)
-    seed = config["seed"]
-    model = seeded_model(dataset, config["model"], seed, config["normalised"], **config["model_options"])
-    defense = Defense.from_config(config["defense"], **config["defense_options"])
-    attack = Attack.from_config(config["attack"], **config["attack_overrides"])
-    adaptive = adaptive_attack(**config["adaptive"]) if config.get("adaptive") else None
-    index = target_indices(len(dataset.x_train), config["images"], derived_generator(seed, "targets"))
+def attack_cell(cell: AttackCell, data_root: Path | None) -> dict[str, Any]:
+    dataset = load_dataset(cell.dataset, data_root)
+    seed = cell.seed
+    model = seeded_model(dataset, cell.model, seed, cell.normalised, **cell.model_options)
+    defense = Defense.from_config(cell.defense, **cell.defense_options)
+    attack = Attack.from_config(cell.attack, **cell.attack_overrides)
+    adaptive = adaptive_attack(cell.adaptive, **cell.adaptive_options) if cell.adaptive else None
+    index = target_indices(len(dataset.x_train), cell.images, make_generator(seed, "targets"), cell.target_pool)
     truth, labels = dataset.x_train[index], dataset.y_train[index]
-    batch = config["batch_size"]
+    batch = cell.batch_size
     batches = [(truth[s:s + batch], labels[s:s + batch], s) for s in range(0, len(index), batch)]
     observations = [observe(defense, model, x, y, adaptive.rounds if adaptive else 1,
-                            lambda r, s=s: derived_generator(seed, "defense", s, r)) for x, y, s in batches]
-    generator = derived_generator(seed, "attack")
+                            lambda r, s=s: make_generator(seed, "defense", s, r)) for x, y, s in batches]
+    generator = make_generator(seed, "attack")
     detection: list[dict[str, float]] = []
     if adaptive is None:
         # All targets in one vectorised optimisation; labels reach the attack only if its config says "given".
         results = attack.reconstruct_many(model, [o.gradients[0] for o in observations], dataset.image_shape, batch,
                                           labels=[y for _, y, _ in batches], generator=generator)
     else:
-        public = (dataset.x_test[:64], dataset.y_test[:64])  # the attacker's own data, never a target
+        public = (dataset.x_test[:cell.public_images], dataset.y_test[:cell.public_images])  # never a target
         results = []
         for observation, (_, y, _) in zip(observations, batches):
             prepared = adaptive.prepare(model, observation, defense, public)
@@ -116,17 +251,21 @@ def attack_cell(config: dict[str, Any], data_root: Path | None) -> dict[str, Any
     }
 
 
-def train_cell(config: dict[str, Any], data_root: Path | None) -> dict[str, Any]:
-    """One simulated federated training run: the accuracy curve, ACC and ART."""
+def train_cell(cell: TrainCell, data_root: Path | None) -> dict[str, Any]:
     from ..fl import SimulationConfig, simulate
 
-    history = simulate(SimulationConfig(**config, data_root=data_root, reproducible_noise=True))
+    history = simulate(SimulationConfig(dataset=cell.dataset, model=cell.model, defense=cell.defense,
+                                        defense_options=cell.defense_options, seed=cell.seed,
+                                        **cell.train.model_dump(), data_root=data_root, reproducible_noise=True))
     return {"summary": history.summary(),
             "curve": [[r.round, r.accuracy] for r in history.evaluated],
             "accuracy": history.final_accuracy, "art_s": history.art}
 
 
-COMPUTE: dict[str, Callable[[dict[str, Any], Path | None], dict[str, Any]]] = {
-    "attack": attack_cell,
-    "train": train_cell,
-}
+def compute(cell: Cell, data_root: Path | None) -> dict[str, Any]:
+    """The result of an attack or training cell (searches are driven by the runner)."""
+    if isinstance(cell, AttackCell):
+        return attack_cell(cell, data_root)
+    if isinstance(cell, TrainCell):
+        return train_cell(cell, data_root)
+    raise TypeError(f"{type(cell).__name__} is not computed directly")

@@ -8,10 +8,11 @@ from typing import Any
 import matplotlib
 
 matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
+import matplotlib.pyplot as plt
 
-from .cells import decode_images  # noqa: E402
-from .store import ResultStore, cell_key  # noqa: E402
+from .cells import decode_images
+from .store import ResultStore
+from .tables import entries
 
 
 def _save(fig, path: Path) -> Path:
@@ -31,27 +32,27 @@ def _show(ax, image) -> None:
 def _most_leaked_image(store: ResultStore, entries: list[dict[str, Any]]) -> int:
     """Index of the image the attack without defense reconstructs best (0 without a ``none`` column):
     the image on which a defense has the most to hide."""
-    undefended = next((e for e in entries if e["column"] == "none"), None)
-    cell = undefended and store.get(cell_key("attack", undefended["config"]))
+    undefended = next((e for e in entries if e["defense"] == "none"), None)
+    cell = undefended and store.get(undefended["key"])
     return max(range(len(cell.result["psnr"])), key=cell.result["psnr"].__getitem__) if cell else 0
 
 
 def reconstruction_grid(store: ResultStore, plan: dict[str, Any], attack: str, path: Path) -> Path:
     """Rows: datasets; columns: the truth, then the reconstruction under each defense column, for
     each dataset's most leaked image."""
-    entries = [p for p in plan["privacy"] if p["attack"] == attack]
-    datasets = list(dict.fromkeys(p["dataset"] for p in entries))
-    columns = list(dict.fromkeys(p["column"] for p in entries))
+    chosen = [e for e in entries(plan, "attack", adaptive=False) if e["attack"] == attack]
+    datasets = list(dict.fromkeys(p["dataset"] for p in chosen))
+    columns = list(dict.fromkeys(p["defense"] for p in chosen))
     fig, axes = plt.subplots(len(datasets), len(columns) + 1, squeeze=False,
                              figsize=(1.4 * (len(columns) + 1), 1.5 * len(datasets) + 0.5))
     for row, dataset in enumerate(datasets):
-        here = [p for p in entries if p["dataset"] == dataset]
+        here = [p for p in chosen if p["dataset"] == dataset]
         image = _most_leaked_image(store, here)
         for entry in here:
-            cell = store.get(cell_key("attack", entry["config"]))
+            cell = store.get(entry["key"])
             if cell is None:
                 continue
-            col = columns.index(entry["column"]) + 1
+            col = columns.index(entry["defense"]) + 1
             _show(axes[row, col], decode_images(cell.result["reconstruction"])[image])
             axes[row, col].set_xlabel(f"{cell.result['psnr'][image]:.1f} dB", fontsize=7)
             _show(axes[row, 0], decode_images(cell.result["truth"])[image])
@@ -65,11 +66,12 @@ def reconstruction_grid(store: ResultStore, plan: dict[str, Any], attack: str, p
 
 def accuracy_curves(store: ResultStore, plan: dict[str, Any], path: Path) -> Path:
     """Test accuracy per round, one panel per dataset, one line per defense."""
-    datasets = list(dict.fromkeys(t["dataset"] for t in plan["training"]))
+    trained = entries(plan, "train")
+    datasets = list(dict.fromkeys(t["dataset"] for t in trained))
     fig, axes = plt.subplots(1, max(1, len(datasets)), squeeze=False, figsize=(4.2 * max(1, len(datasets)), 3.2))
     for ax, dataset in zip(axes[0], datasets):
-        for entry in (t for t in plan["training"] if t["dataset"] == dataset):
-            cell = store.get(cell_key("train", entry["config"]))
+        for entry in (t for t in trained if t["dataset"] == dataset):
+            cell = store.get(entry["key"])
             if cell is not None and cell.result["curve"]:
                 rounds, accuracy = zip(*cell.result["curve"])
                 ax.plot(rounds, [100 * a for a in accuracy], marker=".", label=entry["defense"])

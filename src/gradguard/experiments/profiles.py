@@ -1,186 +1,229 @@
 """Reproduction profiles: which datasets, attacks, defenses and budgets a run covers.
 
+A profile is data. Its defenses, attacks and adaptive attacks default to everything
+registered (``None``), so a defense registered in its own module appears in every such
+profile, its tables and its equal-privacy search by its registration alone: its strength knob
+(:attr:`Defense.strength`), whether it trains (:attr:`Defense.trains`) and which adaptive
+attacks apply to it (:meth:`AdaptiveAttack.applies_to`) are declared next to it. Names are
+checked against the registries when the plan is built (:meth:`Profile.check_names`).
+
 ``quick`` runs on the embedded ``mnist-sample`` within minutes on 2 CPU cores (the README's
-main job); ``paper`` runs the paper's datasets with more images and rounds; ``tiny`` exists for
-the test suite.
+main job); ``paper`` runs the paper's datasets; ``security`` the default against every
+attack; ``tiny`` exists for the test suite. A profile can also be read from a JSON or TOML
+file with the same fields (:func:`load_profile`).
 """
 
 from __future__ import annotations
 
+import json
+import tomllib
+from pathlib import Path
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from ..errors import ConfigError
+from ..errors import ConfigError, config_errors
+from .cells import TrainSettings
+
+__all__ = ["PROFILES", "CostModel", "Profile", "SearchSettings", "TrainSettings", "Verdict", "get_profile",
+           "load_profile"]
 
 
-class Knob(BaseModel):
-    """How a baseline's strength maps to its option, and the range the equal-privacy search covers.
-
-    Strength grows from ``low`` to ``high``; attack PSNR is expected to fall along it.
-    """
+class SearchSettings(BaseModel):
+    """How a defense with a strength knob is set to equal privacy with the reference defense."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    option: str
-    low: float
-    high: float
-    scale: float = 1.0  # option value = strength * scale (e.g. a fraction shown as a percentile)
-
-    def options(self, strength: float) -> dict[str, float]:
-        return {self.option: strength * self.scale}
+    attack: str = Field("dlg", description="the attack whose PSNR is matched")
+    reference: str = Field("graddefense", description="the defense whose PSNR under that attack is the target "
+                                                      "(run as configured, never searched)")
+    steps: int = Field(4, ge=0, description="bisection probes after the two bounds of the strength range")
+    tolerance_db: float = Field(0.5, ge=0, description="a strength matches when its PSNR <= target + this")
 
 
-# Baselines compared at equal privacy, with the range their strength is searched over.
-KNOBS: dict[str, Knob] = {
-    "gc": Knob(option="percentile", low=0.1, high=0.999, scale=100.0),
-    "dp-gaussian": Knob(option="sigma", low=1e-4, high=1.0),
-    "dp-laplace": Knob(option="scale", low=1e-4, high=1.0),
-    "soteria": Knob(option="percentile", low=0.01, high=0.99, scale=100.0),
-}
+class Verdict(BaseModel):
+    """When the security table says a defense holds: its best non-oracle attack within these
+    margins of the floor (a guess that uses no gradient: the dataset's mean training image)."""
 
-# Columns of the privacy table; "soteria-muted" is soteria attacked with its layer muted.
-PRIVACY_COLUMNS = ("none", "graddefense", "graddefense-paper", "gc", "dp-gaussian", "dp-laplace", "soteria",
-                   "soteria-muted")
-TRAINED_DEFENSES = ("none", "graddefense", "graddefense-paper", "gc", "dp-gaussian", "dp-laplace", "soteria")
-
-# Which defenses each adaptive attack makes sense against (DESIGN.md section 3, issue 8):
-# muting needs slices left clean; denoising and combining rounds need random noise of public scale.
-NOISY = frozenset({"graddefense", "graddefense-paper", "dp-gaussian", "dp-laplace"})
-ADAPTIVE_TARGETS: dict[str, frozenset[str]] = {
-    "oracle-mute": frozenset({"graddefense-paper"}),
-    "detect-mute": frozenset({"graddefense-paper"}),
-    "compensate-invert": NOISY,
-    "multi-round": NOISY,
-}
-
-
-class TrainSettings(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    algorithm: str = "fedavg"
-    clients: int = 10
-    fraction: float = 1.0
-    rounds: int = 20
-    batch_size: int = 32
-    lr: float = 0.1
-    local_steps: int | None = 5
-    eval_every: int = 2
+    margin_db: float = Field(2.0, ge=0, description="PSNR margin above the floor's PSNR")
+    margin_ssim: float = Field(0.05, ge=0, description="SSIM margin above the floor's SSIM")
+
+
+class CostModel(BaseModel):
+    """Seconds per unit of work on one core of the 2-core development machine (LeNet; measured
+    from the ``paper`` run's cells), for the duration estimate of a plan. Soteria's per-step cost
+    is its per-feature input-gradient norms: 0.9-1.0 s on the grey datasets, 1.4 s on CIFAR-10."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    attack_iteration_s: dict[str, float] = Field(default_factory=lambda: {"dlg": 0.01, "gia": 0.001},
+                                                 description="per attack iteration, image and restart")
+    default_iteration_s: float = Field(0.01, gt=0, description="for attacks not listed above")
+    client_step_s: float = Field(0.0025, gt=0, description="one local SGD step of one client")
+    defense_step_s: dict[str, float] = Field(default_factory=lambda: {"soteria": 1.1},
+                                             description="a defense's extra cost per local step")
+
+    def iteration_s(self, attack: str) -> float:
+        return self.attack_iteration_s.get(attack, self.default_iteration_s)
 
 
 class Profile(BaseModel):
-    """Everything a reproduction run does; its hash keys the results store."""
+    """Everything a reproduction run does; its cells' configurations key the results store."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     name: str
-    datasets: list[str]
+    datasets: list[str] = Field(min_length=1)
     model: str = "lenet"
     attack_model_options: dict[str, Any] = Field(default_factory=lambda: {"dlg_init": True},
                                                  description="the attacked model as DLG attacks it: at initialisation")
     unnormalised_attacks: list[str] = Field(default_factory=lambda: ["dlg"],
                                             description="attacks run on the model without its normalisation layer")
-    adaptive: list[str] = Field(default_factory=list, description="adaptive attacks of the security table")
+    attacks: list[str] | None = Field(None, description="plain attacks (rows of the privacy table); None: every "
+                                                        "registered attack preset")
+    defenses: list[str] | None = Field(None, description="defenses (columns); None: every registered defense")
+    adaptive: list[str] | None = Field(None, description="adaptive attacks, each run against the defenses it "
+                                                         "applies to; None: every registered one")
+    adaptive_with: list[str] | None = Field(None, description="the plain attacks an adaptive attacker's prepared "
+                                                              "gradient is inverted with; None: every attack")
     adaptive_rounds: int = Field(4, ge=2, description="observations the multi-round attacker combines")
-    attacks: list[str] = Field(default_factory=lambda: ["dlg", "gia"])
-    defenses: list[str] = Field(default_factory=lambda: list(PRIVACY_COLUMNS))
-    images: int = 4
-    batch_size: int = 1
+    images: int = Field(4, ge=1, description="training images attacked per dataset and cell")
+    batch_size: int = Field(1, ge=1, description="images per attacked gradient")
+    target_pool: int = Field(4000, ge=1, description="targets are drawn from the first this many training images "
+                                                     "(for CIFAR-10, the ones with exact pixels)")
+    public_images: int = Field(64, ge=1, description="test images an adaptive attacker owns (never targets)")
     attack_overrides: dict[str, dict[str, Any]] = Field(default_factory=dict)
-    strengths: dict[str, float] = Field(default_factory=dict, description="fixed baseline strengths; others searched")
-    search_attack: str = "dlg"
-    search_steps: int = 4
+    strengths: dict[str, float] = Field(default_factory=dict, description="fixed strengths; other defenses with "
+                                                                          "a strength knob are searched")
+    search: SearchSettings = Field(default_factory=SearchSettings)
+    verdict: Verdict = Field(default_factory=Verdict)
     train: TrainSettings = Field(default_factory=TrainSettings)
-    train_datasets: list[str] | None = None  # default: the same datasets
+    train_datasets: list[str] | None = Field(None, description="datasets trained on; None: the same datasets")
+    costs: CostModel = Field(default_factory=CostModel)
     seed: int = 0
 
     @model_validator(mode="after")
-    def _whole_batches(self) -> "Profile":
+    def _whole_batches(self) -> Profile:
         if self.images % self.batch_size:
             raise ValueError(f"images={self.images} must be a multiple of batch_size={self.batch_size}")
         return self
 
     @model_validator(mode="after")
-    def _distinct_names(self) -> "Profile":
-        # a repeated dataset would compute the same cells twice at once (one chain each); a repeated
-        # attack or defense would repeat a row or column of the tables
-        for field in ("datasets", "attacks", "defenses"):
+    def _distinct_names(self) -> Profile:
+        # a repeated dataset would compute the same cells twice at once; a repeated attack or
+        # defense would repeat a row or column of the tables
+        for field in ("datasets", "attacks", "defenses", "adaptive"):
             names = getattr(self, field)
-            if len(set(names)) != len(names):
+            if names is not None and len(set(names)) != len(names):
                 raise ValueError(f"{field}={names} names an entry twice")
         return self
+
+    # -- the names a run covers, resolved against the registries when the plan is built --
+
+    def defense_names(self) -> list[str]:
+        from ..defenses import DEFENSES
+
+        return list(DEFENSES) if self.defenses is None else list(self.defenses)
+
+    def attack_names(self) -> list[str]:
+        from ..attacks import ATTACKS
+
+        return list(ATTACKS) if self.attacks is None else list(self.attacks)
+
+    def adaptive_names(self) -> list[str]:
+        from ..attacks import ADAPTIVE
+
+        return list(ADAPTIVE) if self.adaptive is None else list(self.adaptive)
+
+    def adaptive_base_attacks(self) -> list[str]:
+        return self.attack_names() if self.adaptive_with is None else list(self.adaptive_with)
+
+    def trained_datasets(self) -> list[str]:
+        return list(self.datasets) if self.train_datasets is None else list(self.train_datasets)
+
+    def check_names(self) -> None:
+        """Every defense, attack and adaptive attack the profile names is registered, and the
+        search's attack and reference are among them; otherwise a ConfigError lists the valid names."""
+        from ..attacks import ADAPTIVE, ATTACKS
+        from ..defenses import DEFENSES
+
+        def check(what: str, names: list[str], registry: dict[str, Any]) -> None:
+            unknown = list(dict.fromkeys(n for n in names if n not in registry))
+            if unknown:
+                raise ConfigError(f"profile {self.name!r}: unknown {what} {unknown}; choose from {list(registry)}")
+
+        check("defense", self.defense_names() + list(self.strengths) + [self.search.reference], DEFENSES)
+        check("attack", self.attack_names() + self.adaptive_base_attacks() + list(self.unnormalised_attacks)
+              + list(self.attack_overrides) + [self.search.attack], ATTACKS)
+        check("adaptive attack", self.adaptive_names(), ADAPTIVE)
+        fixed = [n for n in self.strengths if DEFENSES[n].strength is None]
+        if fixed:
+            raise ConfigError(f"profile {self.name!r}: strengths given for {fixed}, which have no strength knob; "
+                              f"defenses with one: {[n for n, c in DEFENSES.items() if c.strength is not None]}")
+
+
+def _tiny_overrides() -> dict[str, dict[str, Any]]:
+    return {"dlg": {"iterations": 2, "lbfgs_max_iter": 2}, "gia": {"iterations": 2, "restarts": 1}}
 
 
 PROFILES: dict[str, Profile] = {
     "tiny": Profile(  # for the test suite: every code path, almost no optimisation
-        name="tiny", datasets=["mnist-sample"], images=1, search_steps=1, adaptive=list(ADAPTIVE_TARGETS),
-        adaptive_rounds=2, strengths={"dp-gaussian": 0.1, "dp-laplace": 0.1, "soteria": 0.5},
-        attack_overrides={"dlg": {"iterations": 2, "lbfgs_max_iter": 2}, "gia": {"iterations": 2, "restarts": 1}},
+        name="tiny", datasets=["mnist-sample"], images=1, search=SearchSettings(steps=1), adaptive_rounds=2,
+        strengths={"dp-gaussian": 0.1, "dp-laplace": 0.1, "soteria": 0.5, "dpsgd": 1.0},
+        attack_overrides=_tiny_overrides(),
         train=TrainSettings(clients=2, rounds=2, local_steps=1, batch_size=8, eval_every=1),
     ),
     "quick": Profile(
-        name="quick", datasets=["mnist-sample"], images=2, search_steps=2, adaptive=list(ADAPTIVE_TARGETS),
+        name="quick", datasets=["mnist-sample"], images=2, search=SearchSettings(steps=2),
         attack_overrides={"dlg": {"iterations": 100, "restarts": 2}, "gia": {"iterations": 300, "restarts": 1}},
         train=TrainSettings(clients=5, rounds=12, local_steps=5, eval_every=4),
     ),
     "paper": Profile(
-        name="paper", datasets=["mnist", "fashion-mnist", "cifar10"], images=4, search_steps=3,
-        adaptive=list(ADAPTIVE_TARGETS),
+        name="paper", datasets=["mnist", "fashion-mnist", "cifar10"], images=4, search=SearchSettings(steps=3),
         attack_overrides={"dlg": {"iterations": 300, "restarts": 2}, "gia": {"iterations": 1200, "restarts": 1}},
         train=TrainSettings(clients=10, rounds=30, local_steps=5, eval_every=5),
     ),
-    "security": Profile(  # issue 8's bar: the default against every attack, on the three datasets
+    "security": Profile(  # the default against every attack, on the three datasets
         name="security", datasets=["mnist", "fashion-mnist", "cifar10"], images=2,
-        defenses=["none", "graddefense", "graddefense-paper"], adaptive=list(ADAPTIVE_TARGETS),
+        defenses=["none", "graddefense", "graddefense-paper"],
         attack_overrides={"dlg": {"iterations": 300, "restarts": 2}, "gia": {"iterations": 1200, "restarts": 1}},
         train=TrainSettings(clients=10, rounds=30, local_steps=5, eval_every=5),
     ),
 }
 
 
+def _validated(data: dict[str, Any], source: str) -> Profile:
+    with config_errors(f"profile {source}"):
+        profile = Profile.model_validate(data)
+    profile.check_names()
+    return profile
+
+
+def load_profile(path: str | Path) -> Profile:
+    """A profile from a JSON or TOML file with :class:`Profile`'s fields."""
+    path = Path(path)
+    try:
+        text = path.read_text()
+        data = tomllib.loads(text) if path.suffix == ".toml" else json.loads(text)
+    except OSError as exc:
+        raise ConfigError(f"profile: cannot read {path} ({exc.strerror})") from None
+    except (ValueError, tomllib.TOMLDecodeError) as exc:
+        raise ConfigError(f"profile: {path} is not valid {'TOML' if path.suffix == '.toml' else 'JSON'} ({exc})") \
+            from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"profile: {path} must hold an object with the profile's fields")
+    data.setdefault("name", path.stem)
+    return _validated(data, str(path))
+
+
 def get_profile(name: str) -> Profile:
-    if name not in PROFILES:
-        raise ConfigError(f"profile: unknown name {name!r}; choose one of {sorted(PROFILES)}")
-    return PROFILES[name]
-
-
-def _searched(profile: Profile) -> list[str]:
-    columns = {"soteria" if c == "soteria-muted" else c for c in profile.defenses}
-    return [b for b in KNOBS if b in columns and b not in profile.strengths]
-
-
-def estimate_cells(profile: Profile) -> int:
-    """How many cells a fresh run computes (searches counted at their full length)."""
-    adaptive = sum(len(ADAPTIVE_TARGETS[a] & set(profile.defenses)) for a in profile.adaptive)
-    per_dataset = (len(profile.attacks) * len(profile.defenses) + len(_searched(profile)) * (profile.search_steps + 2)
-                   + adaptive)
-    trained = len([d for d in TRAINED_DEFENSES if d in profile.defenses])
-    return per_dataset * len(profile.datasets) + trained * len(profile.train_datasets or profile.datasets)
-
-
-# Seconds per attack iteration per image and restart, and per client step, on one core of the
-# 2-core development machine (LeNet; measured from the ``paper`` run's cells). Soteria's
-# per-step cost is its per-feature input-gradient norms: 0.9-1.0 s on the grey datasets, 1.4 s
-# on CIFAR-10.
-ATTACK_ITERATION_S = {"dlg": 0.01, "gia": 0.001}
-CLIENT_STEP_S = 0.0025
-DEFENSE_STEP_S = {"soteria": 1.1}
-
-
-def estimate_seconds(profile: Profile) -> float:
-    """A rough duration for a fresh run on one core, from the per-iteration costs above."""
-    from ..attacks import Attack
-
-    columns = len(profile.defenses)
-    adaptive = sum(len(ADAPTIVE_TARGETS[a] & set(profile.defenses)) for a in profile.adaptive)
-    attack_s = 0.0
-    for attack in profile.attacks:
-        config = Attack.from_config(attack, **profile.attack_overrides.get(attack, {})).config
-        runs = columns + (len(_searched(profile)) * (profile.search_steps + 2) + adaptive
-                          if attack == profile.search_attack else 0)
-        attack_s += runs * profile.images * config.iterations * config.restarts * ATTACK_ITERATION_S.get(attack, 0.01)
-    train = profile.train
-    steps = train.rounds * max(1, round(train.clients * train.fraction)) * (train.local_steps or 10)
-    train_s = sum(steps * (CLIENT_STEP_S + DEFENSE_STEP_S.get(d, 0.0)) for d in TRAINED_DEFENSES
-                  if d in profile.defenses)
-    return attack_s * len(profile.datasets) + train_s * len(profile.train_datasets or profile.datasets)
+    """A built-in profile by name, or a profile file (``.json`` / ``.toml``)."""
+    if name in PROFILES:
+        profile = PROFILES[name]
+        profile.check_names()
+        return profile
+    if name.endswith((".json", ".toml")):
+        return load_profile(name)
+    raise ConfigError(f"profile: unknown name {name!r}; choose one of {sorted(PROFILES)} or a .json/.toml file")

@@ -12,9 +12,18 @@ from typing import Any
 
 from ..errors import GradguardError
 from . import figures
-from .reproduce import column_defense
-from .store import ResultStore, cell_key
-from .tables import Table, accuracy_table, privacy_table, security_table, strength_table
+from .store import ResultStore
+from .tables import (
+    Table,
+    accuracy_table,
+    adaptive_table,
+    entries,
+    privacy_table,
+    result,
+    security_table,
+    strength_table,
+    worst_psnr,
+)
 
 
 def versions() -> dict[str, str]:
@@ -28,22 +37,17 @@ def versions() -> dict[str, str]:
 
 
 def utility_points(store: ResultStore, plan: dict[str, Any]) -> list[dict[str, Any]]:
-    """(PSNR of the strongest attack of the privacy table, ACC) for every trained defense of a
-    reproduction; Soteria's PSNR includes the muted attack. One attack alone would hide what
-    another finds (DLG fails against every defense at equal privacy, GIA does not)."""
-    best: dict[tuple[str, str], float] = {}
-    for entry in plan["privacy"]:
-        cell = store.get(cell_key("attack", entry["config"]))
-        if cell is not None:
-            key = (entry["dataset"], column_defense(entry["column"]))
-            best[key] = max(best.get(key, float("-inf")), cell.result["psnr_mean"])
+    """(PSNR of the strongest non-oracle attack, plain or adaptive, ACC) for every trained
+    defense of a reproduction. One attack alone would hide what another finds (DLG fails
+    against every defense at equal privacy, GIA does not; Soteria falls to the muted attack)."""
+    best = worst_psnr(store, plan)
     points = []
-    for entry in plan["training"]:
-        trained = store.get(cell_key("train", entry["config"]))
+    for entry in entries(plan, "train"):
+        trained = result(store, entry)
         key = (entry["dataset"], entry["defense"])
         if trained and key in best:
-            points.append({"dataset": entry["dataset"], "defense": entry["defense"], "psnr": best[key],
-                           "accuracy": trained.result["accuracy"]})
+            points.append({"dataset": entry["dataset"], "defense": entry["defense"], "psnr": best[key][1],
+                           "accuracy": trained["accuracy"]})
     return points
 
 
@@ -59,12 +63,13 @@ def build_report(folder: str | Path) -> Path:
     images: list[tuple[str, Path]] = []
     plan = store.meta("plan")
     if plan:
-        tables += [privacy_table(store, plan), accuracy_table(store, plan), security_table(store, plan),
-                   strength_table(plan)]
-        for attack in dict.fromkeys(p["attack"] for p in plan["privacy"]):
+        verdict = (store.meta("profile") or {}).get("verdict", {})
+        tables += [privacy_table(store, plan), adaptive_table(store, plan), accuracy_table(store, plan),
+                   security_table(store, plan, **verdict), strength_table(plan)]
+        for attack in dict.fromkeys(p["attack"] for p in entries(plan, "attack", adaptive=False)):
             images.append((f"Reconstructions by {attack}",
                            figures.reconstruction_grid(store, plan, attack, out / f"reconstructions_{attack}.png")))
-        if plan["training"]:
+        if entries(plan, "train"):
             images.append(("Test accuracy per round", figures.accuracy_curves(store, plan, out / "accuracy_curves.png")))
         points = utility_points(store, plan)
         if points:

@@ -1,33 +1,42 @@
-"""Runs cells: reuses stored ones, computes the rest (inline or in worker processes), stores each.
+"""Runs a plan: reuses stored cells, computes the rest (inline or in worker processes), stores each.
 
 A cell is a pure function of its configuration (every random draw is seeded from it), so a
-stored result stands for a recomputation and an interrupted run resumes exactly.
+stored result stands for a recomputation and an interrupted run resumes exactly. One driver
+(the calling thread) schedules every cell of a :class:`~gradguard.experiments.plan.Plan`:
+searches advance probe by probe, a task waiting for a search starts when it ends, and the
+driver alone writes the store.
 """
 
 from __future__ import annotations
 
+import heapq
+import itertools
 import os
 import threading
 import time
-from concurrent.futures import Executor, ProcessPoolExecutor
+from collections.abc import Callable, Generator
+from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
 from dataclasses import dataclass, field
 from multiprocessing import get_context
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Self
 
-from .store import ResultStore, cell_key
+from .cells import AttackCell, Cell, TrainCell
+from .plan import Plan, Task
+from .search import SearchResult, bisection
+from .store import ResultStore
 
 
-def _compute(kind: str, config: dict[str, Any], data_root: str | None, threads: int) -> tuple[dict[str, Any], float]:
+def _compute(cell: Cell, data_root: str | None, threads: int) -> tuple[dict[str, Any], float]:
     """Compute one cell (in this process or a worker); returns the result and its wall time."""
     import torch
 
-    from .cells import COMPUTE
+    from .cells import compute
 
     if threads:
         torch.set_num_threads(threads)
     start = time.perf_counter()
-    result = COMPUTE[kind](config, Path(data_root) if data_root else None)
+    result = compute(cell, Path(data_root) if data_root else None)
     return result, time.perf_counter() - start
 
 
@@ -43,20 +52,26 @@ def _exit_with_parent(parent: int, poll_s: float = 1.0) -> None:
     threading.Thread(target=watch, name="exit-with-parent", daemon=True).start()
 
 
+# Scheduling priority (lower first): probes gate whole columns, training cells are the longest.
+_PROBE, _TRAIN, _ATTACK = 0, 1, 2
+
+
 @dataclass
 class CellRunner:
-    """Computes cells through the store. ``jobs > 1`` runs them in that many worker processes;
-    callers submit from threads (one per independent chain of cells)."""
+    """Computes cells through the store. ``jobs > 1`` runs them in that many worker processes.
+
+    ``on_start(cell)`` is called when a cell starts computing; ``on_done(label, cached)`` once
+    per task and per search of a plan when it is finished (``cached``: nothing was computed)."""
 
     store: ResultStore
     data_root: Path | None = None
     jobs: int = 1
-    on_start: Callable[[str, dict], None] = lambda kind, config: None
-    on_done: Callable[[str, dict, bool], None] = lambda kind, config, cached: None
+    on_start: Callable[[Cell], None] = lambda cell: None
+    on_done: Callable[[str, bool], None] = lambda label, cached: None
     computed: list[str] = field(default_factory=list)
-    _pool: Executor | None = None
+    _pool: ProcessPoolExecutor | None = None
 
-    def __enter__(self) -> "CellRunner":
+    def __enter__(self) -> Self:
         if self.jobs > 1:
             self._pool = ProcessPoolExecutor(self.jobs, mp_context=get_context("spawn"),
                                              initializer=_exit_with_parent, initargs=(os.getpid(),))
@@ -66,30 +81,156 @@ class CellRunner:
         if self._pool is not None:
             self._pool.shutdown(cancel_futures=True)
 
-    def compute(self, kind: str, config: dict[str, Any]) -> dict[str, Any]:
-        """The cell's result: from the store when finished before, else computed and stored."""
-        cached = self.store.get(cell_key(kind, config))
+    def compute(self, cell: AttackCell | TrainCell) -> dict[str, Any]:
+        """One cell's result, from the store when finished before, else computed here and stored."""
+        cached = self.store.get(cell.key())
         if cached is not None:
-            self.on_done(kind, config, True)
             return cached.result
-        self.on_start(kind, config)
-        root = str(self.data_root) if self.data_root else None
-        if self._pool is None:
-            result, seconds = _compute(kind, config, root, 0)
-        else:
-            threads = max(1, (os.cpu_count() or 1) // self.jobs)
-            result, seconds = self._pool.submit(_compute, kind, config, root, threads).result()
-        self.store.put(kind, config, result, seconds)
-        self.computed.append(cell_key(kind, config))
-        self.on_done(kind, config, False)
+        self.on_start(cell)
+        result, seconds = _compute(cell, str(self.data_root) if self.data_root else None, 0)
+        self._store(cell, result, seconds)
         return result
 
-    def derive(self, kind: str, config: dict[str, Any], fn: Callable[[], dict[str, Any]]) -> dict[str, Any]:
-        """A result computed from other cells in this process (e.g. a search), stored the same way."""
-        cached = self.store.get(cell_key(kind, config))
-        if cached is not None:
-            return cached.result
-        start = time.perf_counter()
-        result = fn()
-        self.store.put(kind, config, result, time.perf_counter() - start)
-        return result
+    def stored_strengths(self, plan: Plan) -> dict[str, dict[str, Any]]:
+        """The strength of every search already finished in the store, and the fixed ones."""
+        strengths = dict(plan.fixed)
+        for search in plan.searches:
+            found = self.store.get(search.cell.key())
+            if found is not None:
+                strengths[search.id] = found.result
+        return strengths
+
+    def stored_count(self, plan: Plan) -> int:
+        """Units of ``plan`` already finished in the store (as :meth:`run` will count them)."""
+        strengths = self.stored_strengths(plan)
+        done = sum(1 for s in plan.searches if s.id in strengths)
+        for task in plan.tasks:
+            cell = task.resolve(strengths)
+            done += cell is not None and cell.key() in self.store
+        return done
+
+    def run(self, plan: Plan) -> dict[str, Any]:
+        """Compute every cell of ``plan`` that the store lacks; returns the resolved plan (each
+        task's labels and the key of its cell, each search's strength) for the tables."""
+        return _Run(self, plan).execute()
+
+    def _store(self, cell: Cell, result: dict[str, Any], seconds: float) -> None:
+        key = self.store.put(cell.kind, cell.config(), result, seconds)
+        self.computed.append(key)
+
+
+class _Run:
+    """The driver's state while a plan runs: a priority queue of cells to start, the cells in
+    flight, and who waits for each cell's result."""
+
+    def __init__(self, runner: CellRunner, plan: Plan):
+        self.runner, self.plan = runner, plan
+        self.strengths: dict[str, dict[str, Any]] = dict(plan.fixed)
+        self.queue: list[tuple[int, int, str]] = []
+        self.order = itertools.count()
+        self.cells: dict[str, Cell] = {}
+        self.waiting: dict[str, list[Callable[[dict[str, Any]], None]]] = {}
+        self.running: dict[Future, str] = {}
+        self.resolved: list[dict[str, Any]] = []
+        self.dependents: dict[str, list[Task]] = {}
+
+    # -- requests --
+
+    def request(self, cell: Cell, priority: int, then: Callable[[dict[str, Any]], None]) -> None:
+        """Call ``then(result)`` once ``cell`` is finished (at once when it is stored)."""
+        key = cell.key()
+        if key in self.waiting:  # already queued or running: wait for the same computation
+            self.waiting[key].append(then)
+            return
+        stored = self.runner.store.get(key)
+        if stored is not None:
+            then(stored.result)
+            return
+        self.waiting[key] = [then]
+        self.cells[key] = cell
+        heapq.heappush(self.queue, (priority, next(self.order), key))
+
+    def start_task(self, task: Task) -> None:
+        cell = task.resolve(self.strengths)
+        assert cell is not None
+        labels = {**task.labels, "role": task.role, "id": task.id, "key": cell.key()}
+        priority = _TRAIN if task.role == "train" else _ATTACK
+
+        def done(result: dict[str, Any], labels: dict[str, Any] = labels) -> None:
+            self.resolved.append(labels)
+            self.runner.on_done(cell.describe(), labels["key"] not in self.runner.computed)
+
+        self.request(cell, priority, done)
+
+    def start_search(self, search) -> None:
+        spec = search.cell
+        stored = self.runner.store.get(spec.key())
+        if stored is not None:
+            self.finish_search(search, stored.result, cached=True)
+            return
+
+        def with_reference(reference: dict[str, Any]) -> None:
+            steps: Generator[float, float, SearchResult] = bisection(
+                reference["psnr_mean"], spec.strength.low, spec.strength.high, steps=spec.steps,
+                tolerance_db=spec.tolerance_db)
+            advance(steps, None, reference["psnr_mean"])
+
+        def advance(steps, psnr: float | None, target: float) -> None:
+            try:
+                strength = next(steps) if psnr is None else steps.send(psnr)
+            except StopIteration as end:
+                found: SearchResult = end.value
+                result = {"options": spec.strength.options(found.strength), "strength": found.strength,
+                          "method": "search", "met": found.met, "psnr": found.psnr, "target_psnr": target,
+                          "tried": found.tried}
+                self.runner._store(spec, result, 0.0)
+                self.finish_search(search, result, cached=False)
+                return
+            self.request(spec.at(strength), _PROBE, lambda r: advance(steps, r["psnr_mean"], target))
+
+        self.request(spec.reference, _PROBE, with_reference)
+
+    def finish_search(self, search, result: dict[str, Any], cached: bool) -> None:
+        self.strengths[search.id] = result
+        self.runner.on_done(search.cell.describe(), cached)
+        for task in self.dependents.pop(search.id, []):
+            self.start_task(task)
+
+    # -- the loop --
+
+    def execute(self) -> dict[str, Any]:
+        for task in self.plan.tasks:  # a task waiting for a search starts when the search ends
+            if task.strength_from is not None:
+                self.dependents.setdefault(task.strength_from, []).append(task)
+        for search in self.plan.searches:
+            self.start_search(search)
+        for task in self.plan.tasks:
+            if task.strength_from is None:
+                self.start_task(task)
+        slots = max(1, self.runner.jobs)
+        root = str(self.runner.data_root) if self.runner.data_root else None
+        threads = max(1, (os.cpu_count() or 1) // slots)
+        while self.queue or self.running:
+            while self.queue and len(self.running) < slots:
+                _, _, key = heapq.heappop(self.queue)
+                cell = self.cells[key]
+                self.runner.on_start(cell)
+                if self.runner._pool is None:
+                    self._finish(key, *_compute(cell, root, 0))
+                else:
+                    self.running[self.runner._pool.submit(_compute, cell, root, threads)] = key
+            if self.running:
+                finished, _ = wait(list(self.running), return_when=FIRST_COMPLETED)
+                for future in finished:
+                    self._finish(self.running.pop(future), *future.result())
+        missing = [s.id for s in self.plan.searches if s.id not in self.strengths]
+        assert not missing and len(self.resolved) == len(self.plan.tasks), (missing, len(self.resolved))
+        order = {t.id: i for i, t in enumerate(self.plan.tasks)}
+        self.resolved.sort(key=lambda e: order[e["id"]])
+        return {"tasks": self.resolved, "strengths": self.strengths}
+
+    def _finish(self, key: str, result: dict[str, Any], seconds: float) -> None:
+        self.runner._store(self.cells.pop(key), result, seconds)
+        for then in self.waiting.pop(key):
+            then(result)
+

@@ -5,11 +5,14 @@ of everything that determines it. Rows are written in one transaction each, so a
 at any moment (kill -9 included) loses at most the cell in flight; a rerun skips every
 stored cell. A changed configuration hashes to new keys instead of mixing results, and a
 stored result is never overwritten.
+
+The store records the cell format's version (``experiments.cells.STORE_VERSION``) when it is
+created; a store written under another version is refused with a message saying what to do,
+since its keys mean something else.
 """
 
 from __future__ import annotations
 
-import hashlib
 import json
 import sqlite3
 import threading
@@ -19,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import GradguardError
+from .cells import STORE_VERSION, cell_key, check_schema
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS cells (
@@ -33,14 +37,8 @@ CREATE TABLE IF NOT EXISTS meta (name TEXT PRIMARY KEY, value TEXT NOT NULL);
 """
 
 
-def cell_key(kind: str, config: dict[str, Any]) -> str:
-    """A stable hash of a cell's kind and configuration (canonical JSON, sorted keys)."""
-    canonical = json.dumps({"kind": kind, "config": config}, sort_keys=True, separators=(",", ":"), default=str)
-    return hashlib.sha256(canonical.encode()).hexdigest()[:32]
-
-
 @dataclass(frozen=True)
-class Cell:
+class StoredCell:
     key: str
     kind: str
     config: dict[str, Any]
@@ -63,12 +61,29 @@ class ResultStore:
             self._db.executescript(SCHEMA)
         except (OSError, sqlite3.Error) as exc:
             raise GradguardError(f"results store: cannot open {self.path} ({exc})") from None
+        self._check_version()
+
+    def _check_version(self) -> None:
+        check_schema()
+        version = self.meta("store_version")
+        if version is None:
+            if self.count():  # cells from before versions were recorded: the first format
+                version = 1
+            else:
+                self.set_meta("store_version", STORE_VERSION)
+                return
+        if version != STORE_VERSION:
+            self.close()
+            raise GradguardError(
+                f"results store: {self.path} holds cells of store version {version}, and this gradguard keys "
+                f"cells as version {STORE_VERSION}; use a new --out folder (the old one stays readable by the "
+                f"gradguard that wrote it)")
 
     def _query(self, sql: str, params: tuple = ()) -> list[tuple]:
         with self._lock:
             return self._db.execute(sql, params).fetchall()
 
-    def get(self, key: str) -> Cell | None:
+    def get(self, key: str) -> StoredCell | None:
         rows = self._query("SELECT key, kind, config, result, seconds FROM cells WHERE key = ?", (key,))
         return self._cell(rows[0]) if rows else None
 
@@ -86,7 +101,7 @@ class ResultStore:
             raise GradguardError(f"results store: cell {key} ({kind}) is already stored; refusing to overwrite") from None
         return key
 
-    def cells(self, kind: str | None = None) -> list[Cell]:
+    def cells(self, kind: str | None = None) -> list[StoredCell]:
         query = "SELECT key, kind, config, result, seconds FROM cells"
         rows = self._query(query + " WHERE kind = ? ORDER BY rowid", (kind,)) if kind else \
             self._query(query + " ORDER BY rowid")
@@ -106,6 +121,6 @@ class ResultStore:
         self._db.close()
 
     @staticmethod
-    def _cell(row) -> Cell:
+    def _cell(row) -> StoredCell:
         key, kind, config, result, seconds = row
-        return Cell(key, kind, json.loads(config), json.loads(result), seconds)
+        return StoredCell(key, kind, json.loads(config), json.loads(result), seconds)

@@ -1,4 +1,9 @@
-"""Tables rebuilt from the results store: privacy (PSNR/SSIM per defense), accuracy (ACC, ART)."""
+"""Tables rebuilt from the results store and a resolved plan (``store.meta("plan")``).
+
+The plan's ``tasks`` are entries ``{role, dataset, attack, adaptive, defense, key}``: role
+``attack`` (``adaptive`` None for a plain attack) or ``train``; ``key`` is the stored cell. Its
+``strengths`` map ``dataset/defense`` to how that defense's strength was set.
+"""
 
 from __future__ import annotations
 
@@ -7,7 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .store import ResultStore, cell_key
+from .store import ResultStore
 
 
 @dataclass(frozen=True)
@@ -31,86 +36,136 @@ class Table:
             writer.writerows(self.rows)
 
 
-def _result(store: ResultStore, kind: str, config: dict[str, Any]) -> dict[str, Any] | None:
-    cell = store.get(cell_key(kind, config))
+def is_oracle(entry: dict[str, Any]) -> bool:
+    """An oracle attacker assumes a leak the design forbids: an upper bound, never the verdict."""
+    from ..attacks import ADAPTIVE
+
+    adaptive = entry.get("adaptive")
+    return bool(adaptive) and adaptive in ADAPTIVE and ADAPTIVE[adaptive].oracle
+
+
+def attack_label(entry: dict[str, Any]) -> str:
+    """``gia`` for a plain attack, ``detect-mute + gia`` for an adaptive one."""
+    return f"{entry['adaptive']} + {entry['attack']}" if entry.get("adaptive") else entry["attack"]
+
+
+def entries(plan: dict[str, Any], role: str, adaptive: bool | None = None) -> list[dict[str, Any]]:
+    """The plan's entries of one role; for attacks, only plain (False) or only adaptive (True) ones."""
+    chosen = [e for e in plan["tasks"] if e["role"] == role]
+    if adaptive is not None:
+        chosen = [e for e in chosen if bool(e.get("adaptive")) == adaptive]
+    return chosen
+
+
+def result(store: ResultStore, entry: dict[str, Any]) -> dict[str, Any] | None:
+    cell = store.get(entry["key"])
     return cell.result if cell else None
 
 
-def privacy_table(store: ResultStore, plan: dict[str, Any]) -> Table:
-    """Rows: (dataset, attack); columns: each defense; entries: PSNR and SSIM mean ± std, labels."""
-    columns = list(dict.fromkeys(p["column"] for p in plan["privacy"]))
+def _privacy_text(found: dict[str, Any] | None) -> str:
+    if found is None:
+        return "pending"
+    return (f"{found['psnr_mean']:.1f}±{found['psnr_std']:.1f} dB / {found['ssim_mean']:.2f}±{found['ssim_std']:.2f}"
+            f" / {100 * found['label_accuracy']:.0f}%")
+
+
+def _grid(store: ResultStore, chosen: list[dict[str, Any]], title: str) -> Table:
+    columns = list(dict.fromkeys(e["defense"] for e in chosen))
     grid: dict[tuple[str, str], dict[str, str]] = {}
-    for entry in plan["privacy"]:
-        result = _result(store, "attack", entry["config"])
-        text = "pending" if result is None else (
-            f"{result['psnr_mean']:.1f}±{result['psnr_std']:.1f} dB / {result['ssim_mean']:.2f}±{result['ssim_std']:.2f}"
-            f" / {100 * result['label_accuracy']:.0f}%")
-        grid.setdefault((entry["dataset"], entry["attack"]), {})[entry["column"]] = text
+    for entry in chosen:
+        grid.setdefault((entry["dataset"], attack_label(entry)), {})[entry["defense"]] = \
+            _privacy_text(result(store, entry))
     rows = [[d, a] + [cells.get(c, "-") for c in columns] for (d, a), cells in grid.items()]
-    return Table("Privacy: PSNR / SSIM / label accuracy of reconstructions (lower = more private)",
-                 ["dataset", "attack"] + columns, rows)
+    return Table(title, ["dataset", "attack"] + columns, rows)
+
+
+def privacy_table(store: ResultStore, plan: dict[str, Any]) -> Table:
+    """Rows: (dataset, plain attack); columns: each defense; entries: PSNR and SSIM mean ± std, labels."""
+    return _grid(store, entries(plan, "attack", adaptive=False),
+                 "Privacy: PSNR / SSIM / label accuracy of reconstructions (lower = more private)")
+
+
+def adaptive_table(store: ResultStore, plan: dict[str, Any]) -> Table:
+    """Rows: (dataset, adaptive attack + the attack inverting its gradient); columns: the defenses
+    it applies to ("-" elsewhere)."""
+    return _grid(store, entries(plan, "attack", adaptive=True),
+                 "Adaptive attacks: PSNR / SSIM / label accuracy against the defenses each applies to")
 
 
 def accuracy_table(store: ResultStore, plan: dict[str, Any]) -> Table:
     """Rows: (dataset, defense); ACC, ART and ART overhead against ``none`` in the same run."""
-    results = {(t["dataset"], t["defense"]): _result(store, "train", t["config"]) for t in plan["training"]}
+    results = {(e["dataset"], e["defense"]): result(store, e) for e in entries(plan, "train")}
     rows = []
-    for (dataset, defense), result in results.items():
-        if result is None:
+    for (dataset, defense), found in results.items():
+        if found is None:
             rows.append([dataset, defense, "pending", "pending", "pending"])
             continue
         base = results.get((dataset, "none"))
-        overhead = f"{100 * (result['art_s'] / base['art_s'] - 1):+.1f}%" if base else "-"
-        rows.append([dataset, defense, f"{100 * result['accuracy']:.2f}%", f"{result['art_s'] * 1000:.1f} ms", overhead])
+        overhead = f"{100 * (found['art_s'] / base['art_s'] - 1):+.1f}%" if base else "-"
+        rows.append([dataset, defense, f"{100 * found['accuracy']:.2f}%", f"{found['art_s'] * 1000:.1f} ms", overhead])
     return Table("Utility: final test accuracy (ACC) and average round time (ART)",
                  ["dataset", "defense", "ACC", "ART", "ART vs none"], rows)
 
 
 def strength_table(plan: dict[str, Any]) -> Table:
-    """Which strength each baseline ran at, and how it was set."""
+    """Which strength each defense with a strength knob ran at, and how it was set."""
     rows = []
-    for dataset, strengths in plan["strengths"].items():
-        for baseline, info in strengths.items():
-            option = ", ".join(f"{k}={v:.4g}" for k, v in info["options"].items())
-            how = info["method"] if info["method"] != "search" else (
-                f"search: PSNR {info['psnr']:.1f} dB vs target {info['target_psnr']:.1f} + 0.5 dB"
-                + ("" if info["met"] else " (target not reached at the strongest setting)"))
-            rows.append([dataset, baseline, option, how])
-    return Table("Baseline strengths at equal privacy", ["dataset", "baseline", "setting", "how it was set"], rows)
+    for search_id, info in plan["strengths"].items():
+        dataset, _, defense = search_id.rpartition("/")
+        option = ", ".join(f"{k}={v:.4g}" for k, v in info["options"].items())
+        how = info["method"] if info["method"] != "search" else (
+            f"search: PSNR {info['psnr']:.1f} dB vs target {info['target_psnr']:.1f} dB"
+            + ("" if info["met"] else " (target not reached at the strongest setting)"))
+        rows.append([dataset, defense, option, how])
+    return Table("Strengths at equal privacy", ["dataset", "defense", "setting", "how it was set"], rows)
 
 
-def security_table(store: ResultStore, plan: dict[str, Any]) -> Table:
+def attacks_per_defense(store: ResultStore, plan: dict[str, Any]) -> dict[tuple[str, str], list[tuple[dict, dict]]]:
+    """Per (dataset, defense): every finished attack on it, plain and adaptive: (entry, result)."""
+    attacked: dict[tuple[str, str], list[tuple[dict, dict]]] = {}
+    for entry in entries(plan, "attack"):
+        found = result(store, entry)
+        if found is not None:
+            attacked.setdefault((entry["dataset"], entry["defense"]), []).append((entry, found))
+    return attacked
+
+
+def worst_psnr(store: ResultStore, plan: dict[str, Any]) -> dict[tuple[str, str], tuple[str, float]]:
+    """Per (dataset, defense): the strongest non-oracle attack's label and mean PSNR."""
+    worst = {}
+    for key, attacked in attacks_per_defense(store, plan).items():
+        fair = [(attack_label(e), r["psnr_mean"]) for e, r in attacked if not is_oracle(e)]
+        if fair:
+            worst[key] = max(fair, key=lambda item: item[1])
+    return worst
+
+
+def security_table(store: ResultStore, plan: dict[str, Any], margin_db: float = 2.0, margin_ssim: float = 0.05) -> Table:
     """Per defense: the best reconstruction over every plain and adaptive attack (the oracle
     apart), against the floor of a guess that uses no gradient (the mean training image)."""
-    attacked: dict[tuple[str, str], list[tuple[str, dict[str, Any]]]] = {}
-    for entry in plan["privacy"] + plan.get("security", []):
-        result = _result(store, "attack", entry["config"])
-        if result is None:
-            continue
-        defense = "soteria" if entry["column"] == "soteria-muted" else entry["column"]
-        label = entry["attack"] + ("-muted" if entry["column"] == "soteria-muted" else "")
-        attacked.setdefault((entry["dataset"], defense), []).append((label, result))
-    accuracy = {(t["dataset"], t["defense"]): _result(store, "train", t["config"]) for t in plan["training"]}
+    accuracy = {(e["dataset"], e["defense"]): result(store, e) for e in entries(plan, "train")}
     rows = []
-    for (dataset, defense), results in attacked.items():
-        fair = [(label, r) for label, r in results if label != "oracle-mute"]
+    for (dataset, defense), attacked in attacks_per_defense(store, plan).items():
+        fair = [(attack_label(e), r) for e, r in attacked if not is_oracle(e)]
+        if not fair:
+            continue
         best_psnr = max(fair, key=lambda item: item[1]["psnr_mean"])
         best_ssim = max(fair, key=lambda item: item[1]["ssim_mean"])
-        floor = results[0][1]
-        oracle = next((r for label, r in results if label == "oracle-mute"), None)
-        detect = next((r for label, r in results if label == "detect-mute"), None)
+        floor = attacked[0][1]
+        oracle = max((r["psnr_mean"] for e, r in attacked if is_oracle(e)), default=None)
+        detected = [(attack_label(e), r["detection"]) for e, r in attacked if r.get("detection")]
         trained = accuracy.get((dataset, defense))
-        holds = (best_psnr[1]["psnr_mean"] <= floor["floor_psnr"] + 2.0
-                 and best_ssim[1]["ssim_mean"] <= floor["floor_ssim"] + 0.05)
+        holds = (best_psnr[1]["psnr_mean"] <= floor["floor_psnr"] + margin_db
+                 and best_ssim[1]["ssim_mean"] <= floor["floor_ssim"] + margin_ssim)
         rows.append([
             dataset, defense, f"{floor['floor_psnr']:.1f} dB / {floor['floor_ssim']:.2f}",
             f"{best_psnr[1]['psnr_mean']:.1f} dB ({best_psnr[0]})", f"{best_ssim[1]['ssim_mean']:.2f} ({best_ssim[0]})",
             "yes" if holds else "no",
-            "-" if oracle is None else f"{oracle['psnr_mean']:.1f} dB",
-            "-" if detect is None or not detect["detection"] else
-            f"{detect['detection']['precision']:.2f} / {detect['detection']['recall']:.2f}",
+            "-" if oracle is None else f"{oracle:.1f} dB",
+            "; ".join(f"{label}: {d['precision']:.2f} / {d['recall']:.2f}" for label, d in detected) or "-",
             "-" if trained is None else f"{100 * trained['accuracy']:.2f}%",
         ])
     return Table("Security: best attack per defense (plain and adaptive) against the no-gradient floor",
                  ["dataset", "defense", "floor PSNR / SSIM", "best PSNR (attack)", "best SSIM (attack)",
-                  "within 2 dB & 0.05 of floor", "oracle-mute PSNR", "detect-mute precision / recall", "ACC"], rows)
+                  f"within {margin_db:g} dB & {margin_ssim:g} of floor", "oracle PSNR",
+                  "detection precision / recall", "ACC"], rows)

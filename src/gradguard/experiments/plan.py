@@ -1,0 +1,177 @@
+"""A plan: every cell a profile computes, listed before anything runs.
+
+:func:`build_plan` turns a profile into tasks (attack and training cells) and searches (the
+equal-privacy strength of each defense with a strength knob). A task whose defense is searched
+names the search it waits for; its options are filled in when the search ends. The plan can be
+printed with a time estimate (``gradguard reproduce --dry-run``) and is executed by one runner
+(:meth:`gradguard.experiments.runner.CellRunner.run`), which resumes from the store.
+"""
+
+from __future__ import annotations
+
+import inspect
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+from ..attacks import ADAPTIVE, Attack
+from ..defenses import DEFENSES, Defense
+from .cells import AttackCell, Cell, SearchCell, TrainCell
+from .profiles import CostModel, Profile
+
+Role = Literal["attack", "train"]
+
+
+@dataclass(frozen=True)
+class Task:
+    """One attack or training cell of the plan and the table entry it fills.
+
+    ``labels`` says where its result goes (dataset, attack, adaptive, defense); with
+    ``strength_from``, the cell's defense options come from that search's result."""
+
+    id: str
+    role: Role
+    cell: AttackCell | TrainCell
+    labels: dict[str, Any]
+    strength_from: str | None = None
+
+    def resolve(self, strengths: dict[str, dict[str, Any]]) -> AttackCell | TrainCell | None:
+        """The concrete cell, or None while its search has not ended."""
+        if self.strength_from is None:
+            return self.cell
+        found = strengths.get(self.strength_from)
+        if found is None:
+            return None
+        return self.cell.model_copy(update={"defense_options": found["options"]})
+
+
+@dataclass(frozen=True)
+class Search:
+    """An equal-privacy search (``cell``) for ``defense`` on ``dataset``."""
+
+    id: str
+    dataset: str
+    defense: str
+    cell: SearchCell
+
+
+@dataclass
+class Plan:
+    """Tasks, searches and the strengths fixed by the profile, in the order they were listed."""
+
+    tasks: list[Task] = field(default_factory=list)
+    searches: list[Search] = field(default_factory=list)
+    fixed: dict[str, dict[str, Any]] = field(default_factory=dict)  # search id -> strength info (no search)
+    costs: CostModel = field(default_factory=lambda: CostModel())
+
+    @property
+    def size(self) -> int:
+        """Units of progress: one per task and one per search."""
+        return len(self.tasks) + len(self.searches)
+
+    def estimate_s(self, cell: Cell) -> float:
+        """Seconds one core spends on ``cell`` (a search: its longest run of probes)."""
+        costs = self.costs
+        if isinstance(cell, AttackCell):
+            config = Attack.from_config(cell.attack, **cell.attack_overrides).config
+            return cell.images * config.iterations * config.restarts * costs.iteration_s(cell.attack)
+        if isinstance(cell, TrainCell):
+            train = cell.train
+            steps = train.rounds * max(1, round(train.clients * train.fraction)) * (train.local_steps or 10)
+            return steps * (costs.client_step_s + costs.defense_step_s.get(cell.defense, 0.0))
+        if isinstance(cell, SearchCell):
+            return (cell.steps + 2) * self.estimate_s(cell.probe)
+        raise TypeError(type(cell).__name__)
+
+    def estimate_total_s(self) -> float:
+        return sum(self.estimate_s(t.cell) for t in self.tasks) + sum(self.estimate_s(s.cell) for s in self.searches)
+
+
+def attack_cell_for(profile: Profile, dataset: str, attack: str, defense: str, options: dict[str, Any],
+                 adaptive: str | None = None) -> AttackCell:
+    adaptive_options: dict[str, Any] = {}
+    if adaptive is not None and "rounds" in inspect.signature(ADAPTIVE[adaptive]).parameters:
+        adaptive_options = {"rounds": profile.adaptive_rounds}  # attackers that combine several observations
+    return AttackCell(dataset=dataset, model=profile.model, model_options=profile.attack_model_options,
+                      normalised=attack not in profile.unnormalised_attacks, attack=attack,
+                      attack_overrides=profile.attack_overrides.get(attack, {}), adaptive=adaptive,
+                      adaptive_options=adaptive_options, defense=defense, defense_options=options,
+                      images=profile.images, batch_size=profile.batch_size, seed=profile.seed,
+                      target_pool=profile.target_pool, public_images=profile.public_images)
+
+
+def train_cell_for(profile: Profile, dataset: str, defense: str, options: dict[str, Any]) -> TrainCell:
+    return TrainCell(dataset=dataset, model=profile.model, defense=defense, defense_options=options,
+                     train=profile.train, seed=profile.seed)
+
+
+def applicable_adaptive(profile: Profile, defense: str) -> list[str]:
+    """The profile's adaptive attacks that apply to ``defense`` (judged on its default configuration)."""
+    instance = Defense.from_config(defense)
+    return [name for name in profile.adaptive_names() if ADAPTIVE[name].applies_to(instance)]
+
+
+def build_plan(profile: Profile) -> Plan:
+    """Every task and search of ``profile``, in table order (dataset, attack, defense)."""
+    profile.check_names()
+    plan = Plan(costs=profile.costs)
+    defenses = profile.defense_names()
+    reference = profile.search.reference
+    for dataset in profile.datasets:
+        # how each defense's options are set: as configured, fixed by the profile, or searched
+        options: dict[str, dict[str, Any]] = {}
+        searched: dict[str, str] = {}
+        for defense in defenses:
+            knob = DEFENSES[defense].strength
+            if knob is None or defense == reference:
+                options[defense] = {}
+            elif defense in profile.strengths:
+                options[defense] = knob.options(profile.strengths[defense])
+                plan.fixed[f"{dataset}/{defense}"] = {"options": options[defense],
+                                                      "strength": profile.strengths[defense], "method": "profile"}
+            else:
+                options[defense] = {}  # a placeholder until the search ends
+                search_id = f"{dataset}/{defense}"
+                searched[defense] = search_id
+                target = attack_cell_for(profile, dataset, profile.search.attack, reference, {})
+                probe = attack_cell_for(profile, dataset, profile.search.attack, defense, {})
+                plan.searches.append(Search(search_id, dataset, defense, SearchCell(
+                    reference=target, probe=probe, strength=knob, steps=profile.search.steps,
+                    tolerance_db=profile.search.tolerance_db)))
+
+        def add(role: Role, cell: AttackCell | TrainCell, labels: dict[str, Any],
+                searched: dict[str, str] = searched) -> None:
+            task_id = "/".join(str(v) for v in labels.values() if v is not None) + f"/{role}"
+            plan.tasks.append(Task(task_id, role, cell, labels, searched.get(labels["defense"])))
+
+        for attack in profile.attack_names():
+            for defense in defenses:
+                add("attack", attack_cell_for(profile, dataset, attack, defense, options[defense]),
+                    {"dataset": dataset, "attack": attack, "adaptive": None, "defense": defense})
+        for defense in defenses:
+            for adaptive in applicable_adaptive(profile, defense):
+                for attack in profile.adaptive_base_attacks():
+                    add("attack", attack_cell_for(profile, dataset, attack, defense, options[defense], adaptive),
+                        {"dataset": dataset, "attack": attack, "adaptive": adaptive, "defense": defense})
+        if dataset in profile.trained_datasets():
+            for defense in defenses:
+                if DEFENSES[defense].trains:
+                    add("train", train_cell_for(profile, dataset, defense, options[defense]),
+                        {"dataset": dataset, "defense": defense})
+    return plan
+
+
+def describe_plan(plan: Plan, stored: set[str]) -> list[str]:
+    """One line per search and task: state (stored / to do / after its search), what, estimate."""
+    lines = []
+    for search in plan.searches:
+        state = "stored" if search.cell.key() in stored else "to do"
+        lines.append(f"[{state:>6}] {search.cell.describe()}  (<= {search.cell.steps + 2} probes, "
+                     f"~{plan.estimate_s(search.cell):.0f} s)")
+    for task in plan.tasks:
+        if task.strength_from is not None:
+            state = "search"
+        else:
+            state = "stored" if task.cell.key() in stored else "to do"
+        what = task.cell.describe() + (" (options from its search)" if task.strength_from else "")
+        lines.append(f"[{state:>6}] {what}  (~{plan.estimate_s(task.cell):.0f} s)")
+    return lines
