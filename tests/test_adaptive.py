@@ -1,12 +1,12 @@
-"""Adaptive attacks (issue 8): the oracle works, detection tracks how visible the noise is,
+"""Adaptive attacks (docs/security.md): the oracle works, detection tracks how visible the noise is,
 combining rounds beats one round against fresh noise, and memoised noise defeats combining."""
 
 import pytest
 import torch
 
 from gradguard import Attack, batch_gradient, score_reconstruction
-from gradguard.attacks.adaptive import adaptive_attack, combine_observations
-from gradguard.defenses import Defense, DefenseContext
+from gradguard.attacks.adaptive import ADAPTIVE, adaptive_attack, combine_observations
+from gradguard.defenses import DEFENSES, Defense, DefenseContext
 from gradguard.errors import ConfigError
 from gradguard.experiments.cells import observe, seeded_model
 from gradguard.grads import flatten
@@ -96,3 +96,29 @@ def test_adaptive_attacks_refuse_what_they_cannot_attack(setup):
         adaptive_attack("telepathy")
     with pytest.raises(ConfigError, match="rounds"):
         adaptive_attack("multi-round", rounds=1)
+
+
+def test_mute_perturbed_leaves_out_what_soteria_prunes_and_recovers_the_image(setup):
+    model, x, y, public = setup
+    defense = Defense.from_config("soteria", percentile=80)
+    attack = adaptive_attack("mute-perturbed")
+    assert attack.applies_to(defense) and not attack.applies_to(Defense.from_config("dp-gaussian"))
+    observation = _observe(defense, model, x, y)
+    prepared = attack.prepare(model, observation, defense, public)
+    names = [n for n, p in model.named_parameters() if p.requires_grad]
+    sizes = [p.numel() for p in model.parameters() if p.requires_grad]
+    start = sum(sizes[:names.index("fc.weight")])
+    expected = torch.zeros(sum(sizes), dtype=torch.bool)
+    expected[start:start + sizes[names.index("fc.weight")]] = True
+    assert torch.equal(prepared.mute_mask, expected), "exactly the last linear layer's weight is muted"
+    plain = _psnr(model, x, y, observation.gradients[0])
+    muted = _psnr(model, x, y, prepared.gradient, prepared.mute_mask)
+    assert muted > plain + 10, (plain, muted)
+
+
+def test_each_adaptive_attack_applies_by_the_public_description_alone():
+    applies = {name: {d for d in DEFENSES if cls.applies_to(Defense.from_config(d))} for name, cls in ADAPTIVE.items()}
+    assert applies["oracle-mute"] == applies["detect-mute"] == {"graddefense-paper"}, "only k < S leaves clean slices"
+    assert {"graddefense", "dp-gaussian", "dp-laplace", "dpsgd"} <= applies["multi-round"]
+    assert not applies["compensate-invert"] & {"none", "gc", "soteria"}, "no noise, nothing to denoise"
+    assert applies["mute-perturbed"] == {"soteria"}

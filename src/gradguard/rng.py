@@ -4,7 +4,7 @@
   round)``, ...) into a 63-bit seed: one stable derivation (SHA-256 of a canonical text), the
   same in every process and on every platform, unlike ``hash``.
 - :func:`make_generator` is a ``torch.Generator`` seeded that way, or from OS entropy when the
-  seed is None (defenses' noise by default: DESIGN.md, randomness is explicit).
+  seed is None (defenses' noise by default: docs/design.md section 1, randomness is explicit).
 - :func:`keyed_generator` is seeded from a keyed hash of some bytes (graddefense's memoised noise:
   the same gradient always gets the same noise, and only the client knows the key).
 - :func:`new_secret` draws such a key.

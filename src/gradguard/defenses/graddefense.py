@@ -1,5 +1,5 @@
 """``graddefense``: local random slice perturbation with global update compensation
-(Wang, Guo, Xie, Qi, INFOCOM 2022), as DESIGN.md section 2 specifies it.
+(Wang, Guo, Xie, Qi, INFOCOM 2022), as docs/design.md section 2 specifies it.
 
 Per client and round: cut the flat gradient into S contiguous slices of equal leakage risk
 (or one slice per layer), pick k of them uniformly at random from the client's own generator,

@@ -1,6 +1,6 @@
 """Random draws for defenses: always from an explicit ``torch.Generator``, never the global RNG.
 
-DESIGN.md: a defense's noise comes from OS entropy unless the user asks for reproducibility,
+docs/design.md section 1: a defense's noise comes from OS entropy unless the user asks for reproducibility,
 in which case the caller passes a seeded generator in the :class:`DefenseContext`.
 """
 
