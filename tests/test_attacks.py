@@ -56,8 +56,10 @@ def test_presets_are_registered_and_overrides_are_validated():
     assert Attack.from_config("gia", iterations=10).config.iterations == 10
     with pytest.raises(ConfigError, match="unknown name 'nope'"):
         Attack.from_config("nope")
-    with pytest.raises(ValidationError, match="restarts"):
+    with pytest.raises(ConfigError, match="attack 'dlg': AttackConfig: restarts=0"):
         Attack.from_config("dlg", restarts=0)
+    with pytest.raises(ConfigError, match="attack: AttackConfig: iterations=0"):
+        Attack(iterations=0)
 
 
 def test_bad_mute_and_missing_labels_fail_clearly(data, lenet):

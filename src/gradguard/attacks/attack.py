@@ -13,7 +13,7 @@ from typing import Callable, Optional, Sequence
 import torch
 from torch import Tensor, nn
 
-from ..errors import ConfigError
+from ..errors import ConfigError, config_errors
 from ..grads import Gradient, param_names, trainable_parameters
 from ..rng import make_generator
 from .config import AttackConfig
@@ -38,7 +38,10 @@ class Attack:
     """A gradient-matching attack with a validated :class:`AttackConfig`."""
 
     def __init__(self, config: AttackConfig | None = None, **options):
-        self.config = config if config is not None else AttackConfig(**options)
+        if config is None:
+            with config_errors("attack"):
+                config = AttackConfig(**options)
+        self.config = config
 
     @classmethod
     def from_config(cls, name: str, **overrides) -> "Attack":
@@ -47,7 +50,8 @@ class Attack:
 
         if name not in ATTACKS:
             raise ConfigError(f"attack: unknown name {name!r}; choose one of {sorted(ATTACKS)}")
-        return cls(AttackConfig(**{**ATTACKS[name].model_dump(), **overrides}))
+        with config_errors(f"attack {name!r}"):
+            return cls(AttackConfig(**{**ATTACKS[name].model_dump(), **overrides}))
 
     def reconstruct(self, model: nn.Module, observed: Gradient, image_shape: Sequence[int], batch_size: int,
                     labels: Tensor | None = None, *, generator: torch.Generator | None = None,

@@ -77,8 +77,10 @@ def run(argv: list[str] | None = None) -> int:
         message = describe_validation_error(exc)
     except GradguardError as exc:
         message = str(exc)
+    except OSError as exc:  # a path the user named cannot be read or written: their input, not a bug
+        message = f"{exc.filename}: {exc.strerror}" if exc.filename and exc.strerror else str(exc)
     except KeyboardInterrupt:
         print(f"{PROG}: interrupted", file=sys.stderr)
         return 130
-    print(f"{PROG}: error: {message}", file=sys.stderr)
+    print(f"{PROG}: error: {' '.join(message.splitlines())}", file=sys.stderr)  # always one line
     return 2

@@ -12,7 +12,8 @@ import time
 from pathlib import Path
 
 from .app import command
-from .options import add_data_options, add_model_option, add_out_option, add_seed_option, parse_key_values
+from .options import (add_data_options, add_model_option, add_out_option, add_seed_option, ensure_out_dir,
+                      parse_key_values)
 
 
 def configure(p) -> None:
@@ -56,6 +57,7 @@ def attack(args) -> None:
     if args.images > len(data.x_train):
         raise ConfigError(f"attack: --images {args.images} exceeds the {len(data.x_train)} training images")
     model = _build_model(data, args)
+    ensure_out_dir(Path(args.out))
     generator = make_generator(args.seed, "attack")
     index = torch.randperm(len(data.x_train), generator=generator)[:args.images].view(-1, args.batch_size)
     observed = _observe(model, data, index, defense, generator)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 from pathlib import Path
 
 
@@ -30,6 +31,17 @@ def add_out_option(p: argparse.ArgumentParser, default: str) -> None:
     p.add_argument("--out", type=Path, default=Path(default), help="output folder")
 
 
+def ensure_out_dir(path: Path) -> Path:
+    """Create the ``--out`` folder before any work, so an unwritable path fails at once, in one line."""
+    from ..errors import ConfigError
+
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise ConfigError(f"--out {path}: cannot create the folder ({exc.strerror or exc})") from None
+    return path
+
+
 def parse_value(text: str):
     """A command-line option value: JSON where it parses (numbers, true, false, null, lists),
     ``none`` as None, else the string itself; typed configs validate it further."""
@@ -51,5 +63,18 @@ def parse_key_values(pairs: list[str] | None, what: str) -> dict:
         key, sep, value = pair.partition("=")
         if not sep or not key:
             raise ConfigError(f"{what}: expected KEY=VALUE (e.g. sigma=0.1), got {pair!r}")
-        options[key.strip().replace("-", "_")] = parse_value(value.strip())
+        parsed = parse_value(value.strip())
+        if _non_finite(parsed):
+            raise ConfigError(f"{what}: {pair!r}: the value must be a finite number")
+        options[key.strip().replace("-", "_")] = parsed
     return options
+
+
+def _non_finite(value) -> bool:
+    """NaN or infinity, as a number or as the text pydantic would read as one ("inf", "nan")."""
+    if isinstance(value, str):
+        try:
+            value = float(value)
+        except ValueError:
+            return False
+    return isinstance(value, float) and not math.isfinite(value)

@@ -6,7 +6,8 @@ import argparse
 from pathlib import Path
 
 from .app import UsageError, command
-from .options import add_data_options, add_model_option, add_out_option, add_seed_option, parse_key_values
+from .options import (add_data_options, add_model_option, add_out_option, add_seed_option, ensure_out_dir,
+                      parse_key_values)
 
 RESULT_FILES = ("history.json", "history.csv", "accuracy.png")
 
@@ -45,8 +46,15 @@ def configure(p: argparse.ArgumentParser) -> None:
 
 
 def config_from_args(args: argparse.Namespace):
+    """The run's :class:`SimulationConfig`; a bad value is a one-line ConfigError naming the field."""
+    from ..errors import config_errors
     from ..fl import SimulationConfig
 
+    with config_errors("train"):
+        return _simulation_config(SimulationConfig, args)
+
+
+def _simulation_config(SimulationConfig, args: argparse.Namespace):
     return SimulationConfig(
         dataset=args.dataset, data_root=args.data_root, download=args.download, model=args.model,
         model_options=parse_key_values(args.model_opt, "--model-opt") or None, defense=args.defense,
@@ -92,6 +100,7 @@ def train(args) -> None:
     existing = [args.out / name for name in RESULT_FILES if (args.out / name).exists()]
     if existing and not args.overwrite:
         raise UsageError(f"--out {args.out}: already holds {existing[0].name}; pass --overwrite or choose another folder")
+    ensure_out_dir(args.out)  # an unwritable --out fails now, not after training
     setup = prepare(config)  # every configuration error surfaces before the progress bar starts
     columns = (TextColumn("round"), MofNCompleteColumn(), BarColumn(), TextColumn("acc {task.fields[acc]}"),
                TextColumn("eta"), TimeRemainingColumn())

@@ -9,6 +9,7 @@ from pydantic import (BaseModel, ConfigDict, Field, ValidationError, ValidationI
                       model_validator)
 
 from ..defenses import DEFENSES
+from ..errors import ConfigError, describe_validation_error
 from ..models.registry import MODELS
 
 # Model options the simulator uses unless the config names its own. The sigmoid LeNet with
@@ -31,7 +32,7 @@ class SimulationConfig(BaseModel):
     ``local_steps`` is None, ``local_epochs`` passes over its data) and sends its update.
     """
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
     dataset: str = "mnist-sample"
     data_root: Path | None = None
@@ -70,7 +71,7 @@ class SimulationConfig(BaseModel):
     def _registered(cls, name: str, info: ValidationInfo) -> str:
         registry = MODELS if info.field_name == "model" else DEFENSES
         if name not in registry:
-            raise ValueError(f"unknown {info.field_name} {name!r}; choose one of {sorted(registry)}")
+            raise ConfigError(f"unknown {info.field_name} {name!r}; choose one of {sorted(registry)}")
         return name
 
     @field_validator("defense_options")
@@ -81,15 +82,15 @@ class SimulationConfig(BaseModel):
             try:
                 DEFENSES[defense].Config(**options)
             except ValidationError as exc:
-                raise ValueError(f"not valid for defense {defense!r}: " + "; ".join(
-                    f"{'.'.join(map(str, e['loc']))}={e.get('input')!r}: {e['msg']}" for e in exc.errors())) from None
+                raise ConfigError(f"defense_options: not valid for defense {defense!r}: "
+                                  f"{describe_validation_error(exc)}") from None
         return options
 
     @model_validator(mode="after")
     def _steps_only_for_fedavg(self) -> "SimulationConfig":
         if self.algorithm == "fedsgd" and self.local_steps not in (None, 1):
-            raise ValueError(f"local_steps={self.local_steps}: FedSGD takes exactly one local gradient; "
-                             "use algorithm='fedavg' for several local steps")
+            raise ConfigError(f"local_steps={self.local_steps}: FedSGD takes exactly one local gradient; "
+                              "use algorithm='fedavg' for several local steps")
         return self
 
     @property

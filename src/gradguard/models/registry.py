@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 import torch
+from pydantic import BaseModel, ConfigDict, Field
 from torch import nn
 
-from ..errors import ConfigError
+from ..errors import ConfigError, config_errors
 from ..grads import eval_mode
 from .lenet import ConvNet, LeNet
 from .resnet import ResNet18
@@ -19,12 +20,33 @@ MODELS: dict[str, Callable[..., nn.Module]] = {
 }
 
 
+class ModelOptions(BaseModel):
+    """The options a model accepts (``--model-opt KEY=VALUE``); unknown keys are errors."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
+
+
+class LeNetOptions(ModelOptions):
+    dlg_init: bool = Field(False, description="DLG's initialisation: every weight uniform in [-0.5, 0.5]")
+
+
+class ConvNetOptions(ModelOptions):
+    width: int = Field(64, ge=1, le=4096, description="channels of the first block (later blocks use 2x and 4x)")
+
+
+MODEL_OPTIONS: dict[str, type[ModelOptions]] = {"lenet": LeNetOptions, "convnet": ConvNetOptions,
+                                                 "resnet18": ModelOptions}
+
+
 def build_model(name: str, image_shape: tuple[int, int, int], num_classes: int, *, mean=None, std=None,
                 **options) -> nn.Module:
     """Build model ``name`` for images of ``image_shape`` (C, H, W); ``options`` go to its class
     (``dlg_init`` for lenet, ``width`` for convnet)."""
     if name not in MODELS:
         raise ConfigError(f"model: unknown name {name!r}; choose one of {sorted(MODELS)}")
+    if name in MODEL_OPTIONS:  # a model registered without an options class gets its options unchecked
+        with config_errors(f"model {name!r}: bad option"):
+            options = MODEL_OPTIONS[name](**options).model_dump()
     channels, height, width = image_shape
     if height != width or height < 16:
         raise ConfigError(f"model: {name} needs square images of at least 16x16, got {height}x{width}")
