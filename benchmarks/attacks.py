@@ -21,7 +21,8 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from gradguard.attacks import Attack, attack as attack_module, matching
+from gradguard.attacks import Attack, matching
+from gradguard.attacks import attack as attack_module
 from gradguard.attacks.matching import soft_cross_entropy, total_variation
 from gradguard.data import DATASETS, load_dataset, load_npz
 from gradguard.grads import batch_gradient
@@ -172,7 +173,8 @@ def main() -> None:
     p.add_argument("--dlg-restarts", type=int, default=2)
     p.add_argument("--gia-iterations", type=int, default=4800)
     p.add_argument("--gia-restarts", type=int, default=2)
-    p.add_argument("--speedup-iterations", type=int, default=10, help="DLG iterations for the batched/one-by-one timing")
+    p.add_argument("--speedup-iterations", type=int, default=10,
+                   help="DLG iterations for the batched/one-by-one timing")
     p.add_argument("--ratio-iterations", type=int, default=5, help="DLG iterations (x20 updates) per timing run")
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--threads", type=int, default=2)

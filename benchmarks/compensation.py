@@ -77,7 +77,8 @@ def train(args, data, parts, initial, compensation: str | None, errors: dict | N
             clean_updates.append(grads)
             if compensation is not None:
                 context = DefenseContext(model=model, x=data.x_train[idx], y=data.y_train[idx], generator=noise,
-                                         round=round_, client=client, local_data=(data.x_train[part], data.y_train[part]))
+                                         round=round_, client=client,
+                                         local_data=(data.x_train[part], data.y_train[part]))
                 defended.append(defense.defend(grads, context))
         updates = defended or clean_updates
         aggregate = [sum(w * u[t] for w, u in zip(weights, updates)) for t in range(len(updates[0]))]

@@ -90,7 +90,7 @@ def main() -> None:
         "graddefense_clip_vs_step": round(clip / step, 3),
     }
     for name, compensator in compensators.items():
-        seconds = median_seconds(lambda: compensator.compensate(aggregate, weights))
+        seconds = median_seconds(lambda c=compensator: c.compensate(aggregate, weights))
         result[f"compensation_{name}_ms"] = round(seconds * 1e3, 3)
         result[f"compensation_{name}_vs_round"] = round(seconds / round_compute, 4)
     result["threads"] = torch.get_num_threads()

@@ -27,8 +27,9 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(ROOT / "src"), str(ROOT / "examples" / "flower")]
 
-from gradguard.grads import batch_gradient  # noqa: E402
 from gradguard_mnist import task  # noqa: E402
+
+from gradguard.grads import batch_gradient  # noqa: E402
 
 CLIENTS, ROUNDS, LR, CPUS = 20, 5, 0.1, 2
 

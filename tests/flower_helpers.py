@@ -13,12 +13,12 @@ from pathlib import Path
 import torch
 from flwr.app import Context, Message
 from flwr.clientapp import ClientApp
+from gradguard_mnist import client_app as example_client
+from gradguard_mnist import task
 from pydantic import PositiveFloat
 
 from gradguard.defenses import Compensator, Defense, DefenseConfig, register
 from gradguard.flower import DefenseMod
-from gradguard_mnist import client_app as example_client
-from gradguard_mnist import task
 
 RECORD_DIR = "GRADGUARD_TEST_RECORD_DIR"
 FAIL_AT = "GRADGUARD_TEST_FAIL_AT"  # "partition:round" whose training raises

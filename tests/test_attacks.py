@@ -68,7 +68,8 @@ def test_bad_mute_and_missing_labels_fail_clearly(data, lenet):
     with pytest.raises(ConfigError, match="mute name 'conv9'"):
         Attack.from_config("dlg", mute=["conv9"]).reconstruct(lenet, observed, (1, 28, 28), 2)
     with pytest.raises(ConfigError, match="mute_mask has 5 elements"):
-        Attack.from_config("dlg", mute_mask=torch.zeros(5, dtype=torch.bool)).reconstruct(lenet, observed, (1, 28, 28), 2)
+        attack = Attack.from_config("dlg", mute_mask=torch.zeros(5, dtype=torch.bool))
+        attack.reconstruct(lenet, observed, (1, 28, 28), 2)
     with pytest.raises(ConfigError, match="needs the labels"):
         Attack.from_config("gia").reconstruct(lenet, observed, (1, 28, 28), 2)
 

@@ -33,7 +33,8 @@ def test_gc_keeps_exactly_the_top_magnitudes():
         assert torch.equal(o.flatten(), expected)
 
 
-@pytest.mark.parametrize("name, option, std", [("dp-gaussian", "sigma", 0.3), ("dp-laplace", "scale", 0.3 / math.sqrt(2))])
+@pytest.mark.parametrize("name, option, std", [("dp-gaussian", "sigma", 0.3),
+                                               ("dp-laplace", "scale", 0.3 / math.sqrt(2))])
 def test_element_noise_has_the_configured_spread(name, option, std):
     out = Defense.from_config(name, **{option: std}).defend([torch.zeros(50_000)], DefenseContext(generator=seeded(3)))
     assert abs(float(out[0].std()) / 0.3 - 1) < 0.03

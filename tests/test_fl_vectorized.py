@@ -3,8 +3,8 @@
 import pytest
 import torch
 
-from gradguard.defenses import DEFENSES, Compensator, Defense, register
 from gradguard.data import load_dataset
+from gradguard.defenses import DEFENSES, Compensator, Defense, register
 from gradguard.fl import SimulationConfig, simulate
 from gradguard.fl.simulator import build_global_model
 from gradguard.grads import batch_gradient

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
+from typing import TypeGuard
 
 import torch
 import torch.nn.functional as F
@@ -47,7 +48,7 @@ def named_params(model: nn.Module) -> dict[str, Tensor]:
     return {n: p.detach() for n, p in trainable_named_parameters(model)}
 
 
-def is_batchnorm(module: nn.Module) -> bool:
+def is_batchnorm(module: nn.Module) -> TypeGuard[_BatchNorm]:
     """Whether ``module`` is a BatchNorm layer (any dimension, including SyncBatchNorm)."""
     return isinstance(module, _BatchNorm)
 

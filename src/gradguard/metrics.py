@@ -19,8 +19,10 @@ def psnr(reconstruction: Tensor, truth: Tensor) -> Tensor:
 
 def ssim(reconstruction: Tensor, truth: Tensor) -> Tensor:
     """SSIM per image (Gaussian window 11, sigma 1.5), images in [0, 1]."""
-    return structural_similarity_index_measure(reconstruction.clamp(0, 1), truth, data_range=1.0,
-                                               reduction="none")
+    score = structural_similarity_index_measure(reconstruction.clamp(0, 1), truth, data_range=1.0,
+                                                reduction="none")
+    assert isinstance(score, Tensor)  # a tuple only with return_full_image/return_contrast_sensitivity
+    return score
 
 
 def match(reconstruction: Tensor, truth: Tensor) -> Tensor:

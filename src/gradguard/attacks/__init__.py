@@ -12,5 +12,6 @@ from .labels import idlg_labels, last_linear
 from .matching import DISTANCES, GradientMatcher, matching_weights, total_variation
 from .presets import ATTACKS
 
-__all__ = ["ADAPTIVE", "ATTACKS", "AdaptiveAttack", "Attack", "AttackConfig", "DISTANCES", "GradientMatcher", "Observation", "Reconstruction",
-           "adaptive_attack", "idlg_labels", "last_linear", "matching_weights", "total_variation"]
+__all__ = ["ADAPTIVE", "ATTACKS", "AdaptiveAttack", "Attack", "AttackConfig", "DISTANCES", "GradientMatcher",
+           "Observation", "Reconstruction", "adaptive_attack", "idlg_labels", "last_linear", "matching_weights",
+           "total_variation"]

@@ -7,8 +7,8 @@ they are given. Ground truth never enters here; the caller scores the result.
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Callable, Optional, Sequence
 
 import torch
 from torch import Tensor, nn
@@ -21,7 +21,7 @@ from .labels import idlg_labels, last_linear
 from .matching import GradientMatcher, matching_weights
 from .optimizers import OPTIMIZERS
 
-Progress = Optional[Callable[[int, Tensor], None]]
+Progress = Callable[[int, Tensor], None] | None
 
 
 @dataclass(frozen=True)
@@ -44,7 +44,7 @@ class Attack:
         self.config = config
 
     @classmethod
-    def from_config(cls, name: str, **overrides) -> "Attack":
+    def from_config(cls, name: str, **overrides) -> Attack:
         """The preset ``name`` (see :data:`ATTACKS`) with ``overrides`` applied and validated."""
         from .presets import ATTACKS
 
@@ -138,7 +138,8 @@ def _check_observed(observed: Sequence[Gradient], reference: Sequence[Tensor]) -
                               f"({len(gradient)} tensors for {len(reference)} parameters)")
 
 
-def _best_restarts(images: Tensor, labels: Tensor, distances: Tensor, count: int, restarts: int) -> list[Reconstruction]:
+def _best_restarts(images: Tensor, labels: Tensor, distances: Tensor, count: int,
+                   restarts: int) -> list[Reconstruction]:
     """Per target, the restart with the lowest gradient distance (never judged against the truth)."""
     best = distances.view(count, restarts).argmin(1) + torch.arange(count, device=distances.device) * restarts
     predicted = labels.argmax(-1) if labels.is_floating_point() else labels

@@ -7,7 +7,7 @@ schedule for L-BFGS) are rejected the same way.
 
 from __future__ import annotations
 
-from typing import Literal, Optional, Union
+from typing import Literal
 
 import torch
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
@@ -27,7 +27,7 @@ class AttackConfig(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True, arbitrary_types_allowed=True)
 
     distance: Distance = "l2"
-    layer_weights: Optional[list[float]] = Field(
+    layer_weights: list[float] | None = Field(
         default=None, description="one weight >= 0 per gradient tensor, in parameters() order")
     optimizer: Optimizer = "lbfgs"
     iterations: int = Field(default=300, ge=1, le=1_000_000)
@@ -45,9 +45,9 @@ class AttackConfig(BaseModel):
     init_value: float = Field(default=0.5, ge=0.0, le=1.0, description="pixel value of init='constant'")
     restarts: int = Field(default=1, ge=1, le=1_000)
     labels: Labels = "learned"
-    mute: list[Union[str, int]] = Field(default_factory=list,
+    mute: list[str | int] = Field(default_factory=list,
                                         description="gradient tensors left out of the matching, by name or index")
-    mute_mask: Optional[torch.Tensor] = Field(
+    mute_mask: torch.Tensor | None = Field(
         default=None, description="bool over the flattened gradient; True leaves that element out")
 
     @field_validator("layer_weights")

@@ -21,7 +21,8 @@ than the last ``history`` accepted pairs.
 
 from __future__ import annotations
 
-from typing import Callable, Optional
+from collections.abc import Callable
+from typing import Any
 
 import torch
 from torch import Tensor
@@ -41,7 +42,7 @@ class CompactHistory:
     """The last ``size`` curvature pairs of T targets, kept in circular slots."""
 
     def __init__(self, targets: int, dim: int, size: int, dtype: torch.dtype, device: torch.device):
-        new = dict(dtype=dtype, device=device)
+        new: dict[str, Any] = {"dtype": dtype, "device": device}
         self.size = size
         self.s = torch.zeros(targets, size, dim, **new)
         self.y = torch.zeros(targets, size, dim, **new)
@@ -97,7 +98,7 @@ class CompactHistory:
 
 
 # (z of the targets in rows, rows or None for all) -> (loss, gradient) of those targets
-Evaluate = Callable[[Tensor, Optional[Tensor]], tuple[Tensor, Tensor]]
+Evaluate = Callable[[Tensor, Tensor | None], tuple[Tensor, Tensor]]
 
 
 def batched_lbfgs(evaluate: Evaluate, z: Tensor, *, lr: float, iterations: int, max_iter: int, history: int,

@@ -11,7 +11,9 @@ keeps a single attack as fast as a hand-written loop. Both paths share the dista
 from __future__ import annotations
 
 import copy
-from typing import Sequence, Union
+import functools
+import operator
+from collections.abc import Iterable, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -24,7 +26,7 @@ from .config import AttackConfig
 
 # Per-element weight of one gradient tensor in the matching: None (muted: left out entirely),
 # a number (the layer weight) or a tensor shaped like the gradient (weights x kept elements).
-Weight = Union[None, float, Tensor]
+Weight = float | Tensor | None
 
 
 def matching_weights(names: Sequence[str], shapes: Sequence[torch.Size], config: AttackConfig) -> list[Weight]:
@@ -65,6 +67,11 @@ def _apply_element_mask(weights: list[Weight], shapes, mask: Tensor) -> list[Wei
     return out
 
 
+def _total(terms: Iterable[Tensor]) -> Tensor:
+    """``sum(terms)`` in the same order, typed as a tensor (``sum`` starts from the int 0)."""
+    return functools.reduce(operator.add, terms)
+
+
 def _weighted_sum(values: Tensor, weight: Weight) -> Tensor:
     """Sum over every axis but the leading target axis, each element times its weight."""
     if isinstance(weight, Tensor):
@@ -81,7 +88,7 @@ class L2Distance:
 
     def __call__(self, trial: Sequence[Tensor], rows: Tensor | None = None) -> Tensor:
         observed = self.observed if rows is None else [o[rows] for o in self.observed]
-        return sum(_weighted_sum((t - o).square(), w) for t, o, w in zip(trial, observed, self.weights))
+        return _total(_weighted_sum((t - o).square(), w) for t, o, w in zip(trial, observed, self.weights))
 
 
 class CosineDistance:
@@ -90,17 +97,17 @@ class CosineDistance:
 
     def __init__(self, observed: Sequence[Tensor], weights: Sequence[Weight]):
         self.observed, self.weights = list(observed), list(weights)
-        self.observed_norm = sum(_weighted_sum(o.square(), w) for o, w in zip(observed, weights)).sqrt()
+        self.observed_norm = _total(_weighted_sum(o.square(), w) for o, w in zip(observed, weights)).sqrt()
 
     def __call__(self, trial: Sequence[Tensor], rows: Tensor | None = None) -> Tensor:
         observed = self.observed if rows is None else [o[rows] for o in self.observed]
         observed_norm = self.observed_norm if rows is None else self.observed_norm[rows]
-        dot = sum(_weighted_sum(t * o, w) for t, o, w in zip(trial, observed, self.weights))
-        trial_norm = sum(_weighted_sum(t.square(), w) for t, w in zip(trial, self.weights)).sqrt()
+        dot = _total(_weighted_sum(t * o, w) for t, o, w in zip(trial, observed, self.weights))
+        trial_norm = _total(_weighted_sum(t.square(), w) for t, w in zip(trial, self.weights)).sqrt()
         return 1.0 - dot / (trial_norm * observed_norm).clamp_min(1e-30)
 
 
-DISTANCES = {"l2": L2Distance, "cosine": CosineDistance}
+DISTANCES: dict[str, type[L2Distance] | type[CosineDistance]] = {"l2": L2Distance, "cosine": CosineDistance}
 
 
 def total_variation(images: Tensor) -> Tensor:

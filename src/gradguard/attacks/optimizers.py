@@ -8,7 +8,7 @@ Labels that are class indices stay fixed; soft-label logits (DLG) are optimised 
 
 from __future__ import annotations
 
-from typing import Callable, Optional
+from collections.abc import Callable
 
 import torch
 from torch import Tensor
@@ -17,7 +17,7 @@ from .config import AttackConfig
 from .lbfgs import batched_lbfgs
 from .matching import GradientMatcher
 
-OnIteration = Optional[Callable[[int, Tensor], None]]
+OnIteration = Callable[[int, Tensor], None] | None
 
 
 def _learned(labels: Tensor) -> bool:

@@ -12,8 +12,14 @@ import time
 from pathlib import Path
 
 from .app import command
-from .options import (add_data_options, add_model_option, add_out_option, add_seed_option, ensure_out_dir,
-                      parse_key_values)
+from .options import (
+    add_data_options,
+    add_model_option,
+    add_out_option,
+    add_seed_option,
+    ensure_out_dir,
+    parse_key_values,
+)
 
 
 def configure(p) -> None:
@@ -99,7 +105,14 @@ def _labels_given(attacker, batch_size: int) -> bool:
 
 def _with_progress(attacker, run):
     """Run ``run(progress)`` under a rich progress bar showing the best current matching loss."""
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        TextColumn,
+        TimeElapsedColumn,
+        TimeRemainingColumn,
+    )
 
     columns = (TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
                TextColumn("loss {task.fields[loss]}"), TimeElapsedColumn(), TimeRemainingColumn())
@@ -125,7 +138,8 @@ def _score(results, data, index):
         shown.append(aligned.clamp(0, 1))
         for k in range(len(result.images)):
             j = int(scores.truth_index[k])
-            rows.append({"target": target, "dataset_index": int(rows_index[j]), "label": int(data.y_train[rows_index[j]]),
+            rows.append({"target": target, "dataset_index": int(rows_index[j]),
+                         "label": int(data.y_train[rows_index[j]]),
                          "psnr": float(scores.psnr[k]), "ssim": float(scores.ssim[k]),
                          "label_accuracy": accuracy, "matching_loss": result.matching_loss})
     return rows, torch.cat(truths), torch.cat(shown)

@@ -6,8 +6,14 @@ import argparse
 from pathlib import Path
 
 from .app import UsageError, command
-from .options import (add_data_options, add_model_option, add_out_option, add_seed_option, ensure_out_dir,
-                      parse_key_values)
+from .options import (
+    add_data_options,
+    add_model_option,
+    add_out_option,
+    add_seed_option,
+    ensure_out_dir,
+    parse_key_values,
+)
 
 RESULT_FILES = ("history.json", "history.csv", "accuracy.png")
 
@@ -58,8 +64,8 @@ def _simulation_config(SimulationConfig, args: argparse.Namespace):
     return SimulationConfig(
         dataset=args.dataset, data_root=args.data_root, download=args.download, model=args.model,
         model_options=parse_key_values(args.model_opt, "--model-opt") or None, defense=args.defense,
-        defense_options=parse_key_values(args.defense_opt, "--defense-opt"), algorithm=args.algorithm, clients=args.clients,
-        fraction=args.fraction, batch_size=args.batch_size, lr=args.lr, rounds=args.rounds,
+        defense_options=parse_key_values(args.defense_opt, "--defense-opt"), algorithm=args.algorithm,
+        clients=args.clients, fraction=args.fraction, batch_size=args.batch_size, lr=args.lr, rounds=args.rounds,
         local_epochs=args.local_epochs, local_steps=args.local_steps, partition=args.partition, alpha=args.alpha,
         eval_every=args.eval_every, seed=args.seed, reproducible_noise=args.reproducible_noise,
         vectorize={"on": True, "off": False}.get(args.vectorize, "auto"))
@@ -99,7 +105,8 @@ def train(args) -> None:
     config = config_from_args(args)
     existing = [args.out / name for name in RESULT_FILES if (args.out / name).exists()]
     if existing and not args.overwrite:
-        raise UsageError(f"--out {args.out}: already holds {existing[0].name}; pass --overwrite or choose another folder")
+        raise UsageError(f"--out {args.out}: already holds {existing[0].name}; "
+                         "pass --overwrite or choose another folder")
     ensure_out_dir(args.out)  # an unwritable --out fails now, not after training
     setup = prepare(config)  # every configuration error surfaces before the progress bar starts
     columns = (TextColumn("round"), MofNCompleteColumn(), BarColumn(), TextColumn("acc {task.fields[acc]}"),
@@ -108,8 +115,10 @@ def train(args) -> None:
         task = progress.add_task("train", total=config.rounds, acc="-")
 
         def on_round(record):
-            acc = f"{100 * record.accuracy:.1f}%" if record.accuracy is not None else None
-            progress.update(task, advance=1, **({"acc": acc} if acc else {}))
+            if record.accuracy is None:
+                progress.update(task, advance=1)
+            else:
+                progress.update(task, advance=1, acc=f"{100 * record.accuracy:.1f}%")
 
         history = run_rounds(setup, on_round=on_round)
     args.out.mkdir(parents=True, exist_ok=True)

@@ -12,7 +12,8 @@ def _check_clients(num_clients: int, num_samples: int) -> None:
     if num_clients < 1:
         raise ConfigError(f"clients: must be >= 1, got {num_clients}")
     if num_clients > num_samples:
-        raise ConfigError(f"clients: {num_clients} clients cannot share {num_samples} samples (at most one client per sample)")
+        raise ConfigError(f"clients: {num_clients} clients cannot share {num_samples} samples "
+                          "(at most one client per sample)")
 
 
 def partition_iid(num_samples: int, num_clients: int, generator: torch.Generator) -> list[Tensor]:

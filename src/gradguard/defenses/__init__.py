@@ -10,5 +10,6 @@ from .compensation import MarchenkoPastur, SpectralShrinkage, aggregate_noise_va
 from .dpsgd import DPSGD
 from .graddefense import GradDefense, GradDefensePaper
 
-__all__ = ["DEFENSES", "DPSGD", "Compensator", "Defense", "DefenseConfig", "DefenseContext", "GradDefense", "GradDefensePaper",
-           "MarchenkoPastur", "NoDefense", "SpectralShrinkage", "aggregate_noise_variance", "register"]
+__all__ = ["DEFENSES", "DPSGD", "Compensator", "Defense", "DefenseConfig", "DefenseContext", "GradDefense",
+           "GradDefensePaper", "MarchenkoPastur", "NoDefense", "SpectralShrinkage", "aggregate_noise_variance",
+           "register"]

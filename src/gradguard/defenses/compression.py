@@ -25,6 +25,7 @@ class GradientCompression(Defense):
 
     name = "gc"
     Config = CompressionConfig
+    config: CompressionConfig
     strength = Strength(option="percentile", low=0.1, high=0.999, scale=100.0)
 
     def defend(self, grads, context):

@@ -12,6 +12,7 @@ conservative choice.
 from __future__ import annotations
 
 import warnings
+from typing import Any
 
 from pydantic import Field
 
@@ -34,6 +35,7 @@ class DPSGD(Defense):
 
     name = "dpsgd"
     Config = DPSGDConfig
+    config: DPSGDConfig
     needs_batch = True
     strength = Strength(option="noise_multiplier", low=1e-3, high=10.0)
 
@@ -43,20 +45,22 @@ class DPSGD(Defense):
 
     def __init__(self, config=None, **options):
         super().__init__(config, **options)
-        self._accountants: dict[int, object] = {}
+        self._accountants: dict[int, Any] = {}  # opacus RDPAccountant (optional dependency, untyped)
 
     def defend(self, grads, context: DefenseContext):
         check_finite(grads, self.name)
         per_sample = context.per_sample
         if per_sample is None:
             if context.model is None or context.x is None or context.y is None:
-                raise ConfigError("dpsgd: needs per-sample gradients: pass context.per_sample, or context.model, x and y")
+                raise ConfigError("dpsgd: needs per-sample gradients: pass context.per_sample, "
+                                  "or context.model, x and y")
             per_sample = per_sample_gradients(context.model, context.x, context.y)
         samples = flatten_batched(per_sample)
         batch = samples.shape[0]
         factor = (self.config.clip / samples.norm(dim=1).clamp(min=1e-12)).clamp(max=1.0)
         total = (samples * factor[:, None]).sum(0)
-        total += normal(total.numel(), generator_for(context), total) * (self.config.noise_multiplier * self.config.clip)
+        std = self.config.noise_multiplier * self.config.clip
+        total += normal(total.numel(), generator_for(context), total) * std
         self._account(context, batch)
         return unflatten(total / batch, grads)
 

@@ -18,6 +18,8 @@ from torch import Tensor
 from .base import Defense, DefenseConfig, NoiseModel, Strength, check_finite, register
 from .rng import generator_for, laplace, normal
 
+# unit-scale draws of each distribution: ``draw(count, generator, like)``
+DRAWS: dict[str, Callable[[int, torch.Generator, Tensor], Tensor]] = {"gaussian": normal, "laplace": laplace}
 
 class GaussianNoiseConfig(DefenseConfig):
     sigma: float = Field(1e-3, ge=0, description="std of the Gaussian noise added to every gradient element "
@@ -30,9 +32,8 @@ class LaplaceNoiseConfig(DefenseConfig):
 
 
 class _ElementNoise(Defense):
-    """Add i.i.d. noise of one distribution (``draw``, unit scale) times the ``scale_field`` option."""
+    """Add i.i.d. noise of one distribution (:data:`DRAWS`, unit scale) times the ``scale_field`` option."""
 
-    draw: ClassVar[Callable[[int, torch.Generator, Tensor], Tensor]]
     scale_field: ClassVar[str]
     distribution: ClassVar[Literal["gaussian", "laplace"]]
     std_per_scale: ClassVar[float] = 1.0  # the draw's standard deviation at unit scale
@@ -41,7 +42,8 @@ class _ElementNoise(Defense):
         check_finite(grads, self.name)
         generator = generator_for(context)
         scale = getattr(self.config, self.scale_field)
-        return [g + scale * self.draw(g.numel(), generator, g).view_as(g) for g in grads]
+        draw = DRAWS[self.distribution]
+        return [g + scale * draw(g.numel(), generator, g).view_as(g) for g in grads]
 
     def noise_model(self, batch_size: int = 1) -> NoiseModel:
         return NoiseModel(self.distribution, self.std_per_scale * getattr(self.config, self.scale_field))
@@ -54,7 +56,6 @@ class GaussianNoise(_ElementNoise):
     name = "dp-gaussian"
     Config = GaussianNoiseConfig
     strength = Strength(option="sigma", low=1e-4, high=1.0)
-    draw = staticmethod(normal)
     scale_field = "sigma"
     distribution = "gaussian"
 
@@ -66,7 +67,6 @@ class LaplaceNoise(_ElementNoise):
     name = "dp-laplace"
     Config = LaplaceNoiseConfig
     strength = Strength(option="scale", low=1e-4, high=1.0)
-    draw = staticmethod(laplace)
     scale_field = "scale"
     distribution = "laplace"
     std_per_scale = math.sqrt(2)

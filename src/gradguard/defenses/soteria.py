@@ -35,6 +35,7 @@ class Soteria(Defense):
 
     name = "soteria"
     Config = SoteriaConfig
+    config: SoteriaConfig
     needs_batch = True
     strength = Strength(option="percentile", low=0.01, high=0.99, scale=100.0)
 
@@ -62,7 +63,7 @@ class Soteria(Defense):
     def feature_scores(self, model, x: Tensor) -> Tensor:
         """Per feature, sum over samples of ||d r_f / dx_j|| / (|r_f(x_j)| + eps)."""
         with eval_mode(model):
-            features, pullback = vjp(model.features, x.detach())
+            features, pullback = vjp(model.features, x.detach())  # type: ignore[misc]  # stub counts has_aux's output
             eye = torch.eye(features.shape[1], dtype=features.dtype, device=features.device)
             cotangents = eye[:, None, :].expand(-1, features.shape[0], -1)  # feature f for every sample
 

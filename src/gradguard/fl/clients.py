@@ -13,8 +13,8 @@ from __future__ import annotations
 import copy
 import time
 from collections import defaultdict
-from contextlib import contextmanager
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 import torch
@@ -91,7 +91,8 @@ class LocalTrainer:
         self.x, self.y = x, y
         self._local_data: dict[int, tuple[Tensor, Tensor]] = {}
 
-    def run(self, global_state: dict[str, Tensor], jobs: list[ClientJob], clock: Stopwatch) -> list[tuple[Gradient, dict[str, Tensor]]]:
+    def run(self, global_state: dict[str, Tensor], jobs: list[ClientJob],
+            clock: Stopwatch) -> list[tuple[Gradient, dict[str, Tensor]]]:
         """Each job's update and its final BatchNorm statistics (empty for models without BN)."""
         return [self._run_client(global_state, job, clock) for job in jobs]
 

@@ -5,8 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import (BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator,
-                      model_validator)
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator, model_validator
 
 from ..defenses import DEFENSES
 from ..errors import ConfigError, describe_validation_error
@@ -52,7 +51,8 @@ class SimulationConfig(BaseModel):
     local_steps: int | None = Field(None, ge=1, description="FedAvg local SGD steps per round; overrides local_epochs")
     partition: Literal["iid", "dirichlet"] = "iid"
     alpha: float = Field(0.5, gt=0.0, description="Dirichlet concentration (partition='dirichlet')")
-    eval_every: int = Field(1, ge=1, description="evaluate the global model every this many rounds (and after the last)")
+    eval_every: int = Field(1, ge=1,
+                            description="evaluate the global model every this many rounds (and after the last)")
     seed: int = 0
     reproducible_noise: bool = Field(False, description="derive the defense's noise from (seed, client, round) "
                                                         "instead of OS entropy")
@@ -87,7 +87,7 @@ class SimulationConfig(BaseModel):
         return options
 
     @model_validator(mode="after")
-    def _steps_only_for_fedavg(self) -> "SimulationConfig":
+    def _steps_only_for_fedavg(self) -> SimulationConfig:
         if self.algorithm == "fedsgd" and self.local_steps not in (None, 1):
             raise ConfigError(f"local_steps={self.local_steps}: FedSGD takes exactly one local gradient; "
                               "use algorithm='fedavg' for several local steps")

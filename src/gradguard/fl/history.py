@@ -52,7 +52,7 @@ class History:
         """Average round time (ART): mean wall time of a round, in seconds."""
         return sum(r.seconds for r in self.rounds) / max(1, len(self.rounds))
 
-    def overhead(self, reference: "History") -> float:
+    def overhead(self, reference: History) -> float:
         """This run's ART relative to ``reference`` (e.g. the same workload with ``none``), minus 1."""
         return self.art / reference.art - 1
 
@@ -63,7 +63,7 @@ class History:
     @property
     def accuracies(self) -> list[float]:
         """The test accuracy curve, one value per evaluated round."""
-        return [r.accuracy for r in self.evaluated]
+        return [r.accuracy for r in self.evaluated if r.accuracy is not None]
 
     @property
     def final_accuracy(self) -> float | None:
@@ -95,7 +95,7 @@ class History:
                 writer.writerow(asdict(record) | {"seconds": record.seconds})
 
     @classmethod
-    def from_json(cls, path: str | Path) -> "History":
+    def from_json(cls, path: str | Path) -> History:
         data = json.loads(Path(path).read_text())
         return cls(data["config"], data["trainer"],
                    [RoundRecord(**{k: v for k, v in r.items() if k != "seconds"}) for r in data["rounds"]])

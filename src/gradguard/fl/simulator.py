@@ -40,7 +40,7 @@ def partition_clients(config: SimulationConfig, labels: Tensor) -> list[Tensor]:
 def build_global_model(config: SimulationConfig, dataset: ImageDataset) -> nn.Module:
     """The initial global model, initialised from the seed without changing the global RNG."""
     with seeded_global_rng(config.seed, "init"):
-        return model_for(dataset, config.model, **config.model_options)
+        return model_for(dataset, config.model, **(config.model_options or {}))
 
 
 def noise_generator(config: SimulationConfig, client: int, round: int) -> torch.Generator:

@@ -3,7 +3,7 @@ the mod and the strategy need."""
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import torch
 from flwr.app import Array, ArrayRecord, RecordDict

@@ -62,7 +62,7 @@ class DefenseMod:
             settings = DefenseSettings.from_configs({**context.run_config, **train_config}, context.node_config)
             defense = self._defense(context.node_id, settings)
             _, global_record = only_array_record(msg.content, "DefenseMod")
-            round_ = int(train_config.get("server-round", 0))
+            round_ = _server_round(train_config)
         except (GradguardError, ValidationError, ValueError, TypeError) as exc:
             return _error_reply(msg, exc)
 
@@ -114,6 +114,16 @@ class DefenseMod:
 def _generator(seed: int | None, node_id: int, round_: int) -> torch.Generator:
     """OS entropy by default; with a client-private seed, a stream derived per (node, round)."""
     return make_generator(seed, "flower-noise", node_id, round_)
+
+
+def _server_round(train_config: dict) -> int:
+    """The round number the server put in the train config (0 when absent)."""
+    value = train_config.get("server-round", 0)
+    if isinstance(value, float) and value.is_integer():
+        value = int(value)
+    if not isinstance(value, int) or isinstance(value, bool):
+        raise ConfigError(f"server-round: expected an integer in the train config, got {value!r}")
+    return value
 
 
 def _summary(settings: DefenseSettings) -> str:

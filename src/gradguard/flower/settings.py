@@ -11,7 +11,8 @@ from the client's own node config.
 
 from __future__ import annotations
 
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 from pydantic import BaseModel, ConfigDict, PositiveFloat
 
@@ -54,7 +55,7 @@ class DefenseSettings(BaseModel):
         return flat
 
     @classmethod
-    def from_configs(cls, shared: Mapping[str, Any], private: Mapping[str, Any]) -> "DefenseSettings":
+    def from_configs(cls, shared: Mapping[str, Any], private: Mapping[str, Any]) -> DefenseSettings:
         """Settings from the ``gradguard.*`` keys of ``shared`` configs (run or train config,
         known to the server) overridden by the client's ``private`` node config."""
         if SEED_KEY in shared:

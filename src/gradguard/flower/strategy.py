@@ -14,7 +14,7 @@ the mean update (FedAdam, FedYogi, ...) see the compensated update.
 
 from __future__ import annotations
 
-from typing import Iterable, Sequence
+from collections.abc import Iterable, Sequence
 
 import torch
 from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord
@@ -62,7 +62,8 @@ class DefendedStrategy(Strategy):
         replies = list(replies)
         arrived = [r for r in replies if not r.has_error()]
         if self.compensator is not None and arrived and server_round in self._global:
-            self.compensated_weights[server_round] = self._compensate(arrived, self._global[server_round])
+            self.compensated_weights[server_round] = self._compensate(self.compensator, arrived,
+                                                                      self._global[server_round])
         return self.strategy.aggregate_train(server_round, replies)
 
     def configure_evaluate(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord,
@@ -75,7 +76,8 @@ class DefendedStrategy(Strategy):
     def summary(self) -> None:
         self.strategy.summary()
 
-    def _compensate(self, replies: list[Message], global_record: ArrayRecord) -> torch.Tensor:
+    def _compensate(self, compensator: Compensator, replies: list[Message],
+                    global_record: ArrayRecord) -> torch.Tensor:
         """Shift each arrived reply so that their weighted mean is the compensated model; returns
         the weights used."""
         names = self.keys if self.keys is not None else floating_names(global_record)
@@ -84,9 +86,9 @@ class DefendedStrategy(Strategy):
         global_ = tensors(global_record, names)
         records = [only_array_record(r.content, "DefendedStrategy") for r in replies]
         locals_ = [tensors(record, names) for _, record in records]
-        aggregate = [torch.einsum("c,c...->...", weights.to(g.dtype), g - torch.stack([lo[i] for lo in locals_])) / scale
-                     for i, g in enumerate(global_)]
-        compensated = self.compensator.compensate(aggregate, weights)
+        aggregate = [torch.einsum("c,c...->...", weights.to(g.dtype), g - torch.stack([lo[i] for lo in locals_]))
+                     / scale for i, g in enumerate(global_)]
+        compensated = compensator.compensate(aggregate, weights)
         shift = [-scale * (c - a) for c, a in zip(compensated, aggregate)]
         for reply, (key, record), local in zip(replies, records, locals_):
             reply.content[key] = replace(record, {n: w + s for n, w, s in zip(names, local, shift)})
@@ -97,12 +99,13 @@ class DefendedStrategy(Strategy):
         key = getattr(self.strategy, "weighted_by_key", None)
         if key is None:
             return torch.full((len(replies),), 1.0 / len(replies))
-        raw = []
+        raw: list[float] = []
         for reply in replies:
-            metrics = next(iter(reply.content.metric_records.values()), {})
-            if key not in metrics:
-                raise ConfigError(f"DefendedStrategy: a reply has no metric {key!r} to weight it by")
-            raw.append(float(metrics[key]))
+            metrics = next(iter(reply.content.metric_records.values()), None)
+            value = metrics.get(key) if metrics is not None else None
+            if not isinstance(value, (int, float)):
+                raise ConfigError(f"DefendedStrategy: a reply has no numeric metric {key!r} to weight it by")
+            raw.append(float(value))
         total = sum(raw)
         if not total > 0:
             raise ConfigError(f"DefendedStrategy: the weights {key!r} of the arrived replies sum to {total}; need > 0")
