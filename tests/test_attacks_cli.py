@@ -4,21 +4,45 @@ from __future__ import annotations
 
 import csv
 import json
+import math
+
+import numpy as np
+import pytest
+from PIL import Image
 
 from gradguard.cli import run
 from gradguard.cli.options import parse_key_values
 
 
-def test_attack_command_writes_grid_and_scores(tmp_path, capsys):
+def _as_png_pixels(image) -> np.ndarray:
+    """A (1, H, W) image in [0, 1] as torchvision's save_image writes it: uint8, rounded."""
+    return (image[0] * 255 + 0.5).clamp(0, 255).byte().numpy()
+
+
+def test_attack_command_writes_grid_and_scores(tmp_path, capsys, mnist_sample):
     out = tmp_path / "run"
     code = run(["attack", "--dataset", "mnist-sample", "--model", "lenet", "--attack", "gia", "--images", "4",
                 "--batch-size", "2", "--iterations", "3", "--restarts", "1", "--defense", "none", "--out", str(out)])
     assert code == 0
-    assert (out / "grid.png").stat().st_size > 0
     rows = list(csv.DictReader(open(out / "scores.csv")))
     assert len(rows) == 4 and {"psnr", "ssim", "label_accuracy", "dataset_index"} <= set(rows[0])
+    indices = [int(row["dataset_index"]) for row in rows]
+    assert len(set(indices)) == 4 and all(0 <= i < len(mnist_sample.x_train) for i in indices)
+    assert all(math.isfinite(float(row["psnr"])) and -1 <= float(row["ssim"]) <= 1 for row in rows)
+    assert [int(row["label"]) for row in rows] == [int(mnist_sample.y_train[i]) for i in indices]
+
+    # grid.png: the 4 attacked images above their 4 reconstructions, 28x28 tiles with 2-pixel white padding.
+    grid = np.asarray(Image.open(out / "grid.png").convert("L"))
+    assert grid.shape == (2 * 30 + 2, 4 * 30 + 2)
+    tiles = [grid[2 + 30 * r:30 * (r + 1), 2 + 30 * c:30 * (c + 1)] for r in range(2) for c in range(4)]
+    truths = {bytes(_as_png_pixels(mnist_sample.x_train[i])) for i in indices}
+    assert {bytes(tile) for tile in tiles[:4]} == truths  # the top row is exactly the attacked images
+    assert (grid[:2] == 255).all() and (grid[:, :2] == 255).all()
+
     record = json.loads((out / "scores.json").read_text())
     assert record["summary"]["images"] == 4 and record["attack"]["iterations"] == 3
+    assert record["summary"]["psnr_mean"] == pytest.approx(sum(float(row["psnr"]) for row in rows) / 4)
+    assert [image["dataset_index"] for image in record["images"]] == indices
     assert record["summary"]["label_accuracy"] == 1.0  # labels are given at batch size 2
     assert "psnr" in capsys.readouterr().out
 

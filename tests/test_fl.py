@@ -1,11 +1,13 @@
 """The federated simulator: it learns, it is deterministic, bad configs fail before training."""
 
+import csv
+import dataclasses
+
 import numpy as np
 import pytest
 import torch
 from pydantic import ValidationError
 
-from gradguard.defenses import DEFENSES
 from gradguard.errors import ConfigError
 from gradguard.fl import History, SimulationConfig, simulate
 from gradguard.fl.simulator import partition_clients
@@ -27,7 +29,6 @@ def test_short_fedavg_without_defense_learns_well_above_chance(undefended):
     assert undefended.art > 0 and undefended.trainer == "looped"  # batch 32 > VMAP_MAX_BATCH
 
 
-@pytest.mark.skipif("graddefense" not in DEFENSES, reason="graddefense is not registered in this build")
 def test_graddefense_at_its_default_stays_within_a_few_points_of_none(undefended):
     defended = simulate(SimulationConfig(**SHORT_FEDAVG | {"defense": "graddefense"}))
     assert defended.final_accuracy > undefended.final_accuracy - 0.05
@@ -114,8 +115,18 @@ def test_history_round_trips_through_json_and_csv(tiny_mnist, tmp_path):
     assert [r.accuracy for r in history.rounds][0] is None  # round 1 is not evaluated
     lines = (tmp_path / "h.csv").read_text().splitlines()
     assert lines[0].startswith("round,client_s,defense_s,server_s,accuracy,loss") and len(lines) == 3
+    written = list(csv.DictReader(lines))
+    assert [float(row["seconds"]) for row in written] == pytest.approx([r.seconds for r in history.rounds])
+    assert [float(row["client_s"]) for row in written] == pytest.approx([r.client_s for r in history.rounds])
+    # every phase of a round is timed: local training and aggregation always take some time
+    assert all(r.client_s > 0 and r.server_s > 0 and r.defense_s >= 0 for r in history.rounds)
     assert history.art == pytest.approx(sum(r.seconds for r in history.rounds) / 2)
-    assert history.overhead(history) == 0
+    # overhead = ART / reference ART - 1: against the same rounds at half the time it is +100%
+    halved = History(history.config, history.trainer, [
+        dataclasses.replace(r, client_s=r.client_s / 2, defense_s=r.defense_s / 2, server_s=r.server_s / 2)
+        for r in history.rounds])
+    assert history.overhead(halved) == pytest.approx(1.0)
+    assert halved.overhead(history) == pytest.approx(-0.5)
 
 
 def test_batchnorm_models_train_looped_and_average_their_running_statistics(tiny_mnist):

@@ -16,8 +16,7 @@ import torch
 
 pytest.importorskip("flwr", reason="Flower is not installed; install the extra: pip install 'gradguard[flower]'")
 
-from flwr.app import (ArrayRecord, ConfigRecord, Context, Error, Message, MessageType,  # noqa: E402
-                      MetricRecord, RecordDict)
+from flwr.app import ArrayRecord, ConfigRecord, Context, Error, Message, MessageType, MetricRecord, RecordDict
 from flwr.serverapp import ServerApp  # noqa: E402
 from flwr.serverapp.strategy import FedAvg  # noqa: E402
 
@@ -56,7 +55,8 @@ def _context(node_config=None, run_config=None) -> Context:
 
 def _replying(local_state, num_examples=10):
     def call_next(msg, context):
-        content = RecordDict({"arrays": ArrayRecord(local_state), "metrics": MetricRecord({"num-examples": num_examples})})
+        content = RecordDict({"arrays": ArrayRecord(local_state),
+                              "metrics": MetricRecord({"num-examples": num_examples})})
         return Message(content=content, reply_to=msg)
     return call_next
 
@@ -110,7 +110,8 @@ def test_settings_travel_as_flat_keys_and_are_validated():
 def test_mod_without_defense_returns_the_local_weights_bit_for_bit():
     global_, local = _state(0), _state(1)
     mod = DefenseMod()
-    reply = mod(_train_message(global_, **{"gradguard.defense": "none", "gradguard.scale": 0.3}), _context(), _replying(local))
+    reply = mod(_train_message(global_, **{"gradguard.defense": "none", "gradguard.scale": 0.3}), _context(),
+                _replying(local))
     assert all(torch.equal(_arrays(reply)[k], local[k]) for k in local)
 
 
@@ -132,7 +133,8 @@ def test_mod_reads_its_configuration_at_call_time_and_leaves_evaluation_alone():
     noisy = {"gradguard.defense": "test-mask", "gradguard.test-mask.sigma": 1.0}
     first = mod(_train_message(global_, **{"gradguard.defense": "none"}), _context(), _replying(local))
     second = mod(_train_message(global_, **noisy), _context({"gradguard.seed": 1}), _replying(local))
-    pinned = mod(_train_message(global_, **noisy), _context(node_config={"gradguard.defense": "none"}), _replying(local))
+    pinned = mod(_train_message(global_, **noisy), _context(node_config={"gradguard.defense": "none"}),
+                 _replying(local))
     assert torch.equal(_arrays(first)["w"], local["w"]) and torch.equal(_arrays(pinned)["w"], local["w"])
     assert not torch.equal(_arrays(second)["w"], local["w"])
     evaluate = Message(content=RecordDict({"arrays": ArrayRecord(global_), "config": ConfigRecord(noisy)}),
@@ -143,9 +145,11 @@ def test_mod_reads_its_configuration_at_call_time_and_leaves_evaluation_alone():
 def test_mod_noise_is_reproducible_only_with_a_client_seed():
     global_, local = _state(0), _state(1)
     config = {"gradguard.defense": "test-mask", "gradguard.test-mask.sigma": 1.0}
-    seeded = [_arrays(DefenseMod()(_train_message(global_, **config), _context({"gradguard.seed": 5}), _replying(local)))["w"]
-              for _ in range(2)]
-    fresh = [_arrays(DefenseMod()(_train_message(global_, **config), _context(), _replying(local)))["w"] for _ in range(2)]
+    def defended(context):
+        return _arrays(DefenseMod()(_train_message(global_, **config), context, _replying(local)))["w"]
+
+    seeded = [defended(_context({"gradguard.seed": 5})) for _ in range(2)]
+    fresh = [defended(_context()) for _ in range(2)]
     assert torch.equal(seeded[0], seeded[1])
     assert not torch.equal(fresh[0], fresh[1])
 
