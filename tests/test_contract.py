@@ -196,6 +196,9 @@ def test_attack_reconstructs_a_batch_of_the_right_shape_deterministically(attack
         results.append(attack.reconstruct(case["model"], case["grads"], case["image_shape"], BATCH, labels=case["y"],
                                           generator=seeded(3)))
         assert_global_rng_untouched(before)
+    before = global_rng_state()  # without a generator: OS entropy, still not the global RNG
+    attack.reconstruct(case["model"], case["grads"], case["image_shape"], BATCH, labels=case["y"])
+    assert_global_rng_untouched(before)
     images, labels = results[0].images, results[0].labels
     assert images.shape == (BATCH, *case["image_shape"])
     assert labels.shape == (BATCH,) and not labels.is_floating_point()
