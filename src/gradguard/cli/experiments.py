@@ -86,7 +86,8 @@ def _dry_run(args, plan) -> None:
     for line in describe_plan(plan, stored):
         print(line)
     print(f"{plan.size} units ({len(plan.tasks)} cells, {len(plan.searches)} searches); about "
-          f"{plan.estimate_total_s() / 60 / args.jobs:.0f} min with --jobs {args.jobs} on 2 CPU cores if none is stored")
+          f"{plan.estimate_total_s() / 60 / args.jobs:.0f} min with --jobs {args.jobs} on 2 CPU cores "
+          f"if none is stored")
 
 
 def _reproduce(args, profile) -> Path | None:
@@ -109,7 +110,8 @@ def _reproduce(args, profile) -> Path | None:
         reproduce(runner, profile)
         _finish(progress)
     page = build_report(args.out)
-    console.print(f"done in {time.perf_counter() - start:.0f} s ({len(runner.computed)} cells computed); report: {page}")
+    console.print(f"done in {time.perf_counter() - start:.0f} s ({len(runner.computed)} cells computed); "
+                  f"report: {page}")
     return page
 
 

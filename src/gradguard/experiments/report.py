@@ -70,7 +70,8 @@ def build_report(folder: str | Path) -> Path:
             images.append((f"Reconstructions by {attack}",
                            figures.reconstruction_grid(store, plan, attack, out / f"reconstructions_{attack}.png")))
         if entries(plan, "train"):
-            images.append(("Test accuracy per round", figures.accuracy_curves(store, plan, out / "accuracy_curves.png")))
+            curves = figures.accuracy_curves(store, plan, out / "accuracy_curves.png")
+            images.append(("Test accuracy per round", curves))
         points = utility_points(store, plan)
         if points:
             images.append(("Privacy (the strongest attack's PSNR) vs utility (ACC)", figures.privacy_utility(

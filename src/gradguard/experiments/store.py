@@ -98,7 +98,8 @@ class ResultStore:
                         (key, kind, json.dumps(config, sort_keys=True, default=str), json.dumps(result), seconds,
                          time.time()))
         except sqlite3.IntegrityError:
-            raise GradguardError(f"results store: cell {key} ({kind}) is already stored; refusing to overwrite") from None
+            raise GradguardError(f"results store: cell {key} ({kind}) is already stored; refusing to overwrite") \
+                from None
         return key
 
     def cells(self, kind: str | None = None) -> list[StoredCell]:

@@ -140,7 +140,8 @@ def worst_psnr(store: ResultStore, plan: dict[str, Any]) -> dict[tuple[str, str]
     return worst
 
 
-def security_table(store: ResultStore, plan: dict[str, Any], margin_db: float = 2.0, margin_ssim: float = 0.05) -> Table:
+def security_table(store: ResultStore, plan: dict[str, Any], margin_db: float = 2.0,
+                   margin_ssim: float = 0.05) -> Table:
     """Per defense: the best reconstruction over every plain and adaptive attack (the oracle
     apart), against the floor of a guess that uses no gradient (the mean training image)."""
     accuracy = {(e["dataset"], e["defense"]): result(store, e) for e in entries(plan, "train")}
