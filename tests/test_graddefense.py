@@ -128,7 +128,7 @@ def test_clipping_bounds_each_sample_in_chosen_slices(lenet_batch):
     model, x, y = lenet_batch
     per_sample = per_sample_gradients(model, x[:6], y[:6])
     grads = [p.mean(0) for p in per_sample]
-    defense = GradDefense(sensitivity="uniform", sigma=0.0, clip=0.01, slices=4, chosen=2)
+    defense = GradDefense(sensitivity="uniform", sigma=0.0, clip=0.01, clip_per_sample=True, slices=4, chosen=2)
     out = flatten(defense.defend(grads, DefenseContext(per_sample=per_sample, generator=seeded(8))))
     clean, samples = flatten(grads), torch.cat([p.flatten(1) for p in per_sample], 1)
     bounds = defense._clients[0].bounds
@@ -179,3 +179,60 @@ def test_bad_configurations_are_clear_errors():
     assert torch.equal(grads[0], torch.zeros(5))
     with pytest.raises(ConfigError, match="needs context.model"):
         GradDefense(chosen=5).defend(zeros_gradient(50), DefenseContext())
+
+
+def test_relative_clipping_bounds_each_chosen_slice_and_scales_the_noise(lenet_batch):
+    model, x, y = lenet_batch
+    grads = batch_gradient(model, x[:4], y[:4])
+    clean = flatten(grads)
+    clip = 0.2 * float(clean.norm()) / 2  # below the norm of at least one of 4 equal slices
+    quiet = GradDefense(sensitivity="uniform", sigma=0.0, clip=clip, slices=4, chosen=4)
+    out = flatten(quiet.defend(grads, DefenseContext(generator=seeded(1))))
+    bounds = quiet._clients[0].bounds.tolist()
+    clipped = 0
+    for a, b in zip(bounds[:-1], bounds[1:]):
+        norm = float(clean[a:b].norm())
+        assert float(out[a:b].norm()) <= clip * (1 + 1e-5)
+        if norm > clip:  # scaled down to exactly C, direction kept
+            clipped += 1
+            torch.testing.assert_close(out[a:b], clean[a:b] * (clip / norm))
+        else:
+            torch.testing.assert_close(out[a:b], clean[a:b])
+    assert clipped >= 1
+    noisy = GradDefense(sensitivity="uniform", sigma=3.0, clip=clip, slices=4, chosen=4, memoize=False)
+    noise = flatten(noisy.defend(grads, DefenseContext(generator=seeded(2)))) - out
+    assert float(noise.std()) == pytest.approx(3.0 * clip, rel=0.03), "noise std is sigma * C"
+    assert noisy.noise_model().std == pytest.approx(3.0 * clip)
+
+
+def test_risk_allocation_conserves_total_noise_power_and_follows_risk(lenet_batch):
+    model, x, y = lenet_batch
+    defense = GradDefense(sigma=0.5, allocation="risk", risk_exponent=1.0)
+    density = torch.tensor([1.0, 4.0, 0.25, 2.0])
+    lengths = torch.tensor([100, 10, 1000, 50])
+    stds = defense.slice_stds(density, lengths)
+    power = float((lengths * stds.double().square()).sum())
+    assert power == pytest.approx(0.5 ** 2 * float(lengths.sum()), rel=1e-6), "the same noise budget as uniform"
+    assert torch.equal(stds.argsort(), density.argsort()), "more noise where a slice leaks more"
+    torch.testing.assert_close(stds / stds[0], density / density[0])  # exponent 1: proportional
+    flat_stds = GradDefense(sigma=0.5, allocation="risk", risk_exponent=0.0).slice_stds(density, lengths)
+    torch.testing.assert_close(flat_stds, torch.full((4,), 0.5))  # exponent 0 is uniform
+    # end to end: the noise on the defended gradient has the allocated per-slice std
+    grads = batch_gradient(model, x[:8], y[:8])
+    real = GradDefense(sigma=0.5, allocation="risk", risk_exponent=1.0, memoize=False, slices=4, chosen=4)
+    context = DefenseContext(model=model, x=x[:8], y=y[:8], local_data=(x, y), generator=seeded(3))
+    noise = flatten(real.defend(grads, context)) - flatten(grads)
+    state = real._clients[0]
+    bounds = state.bounds.tolist()
+    expected = real.slice_stds(state.density, torch.tensor([b - a for a, b in zip(bounds[:-1], bounds[1:])]))
+    for (a, b), std in zip(zip(bounds[:-1], bounds[1:]), expected.tolist()):
+        assert float(noise[a:b].std()) == pytest.approx(std, rel=0.2)
+    total = sum((b - a) * float(noise[a:b].var()) for a, b in zip(bounds[:-1], bounds[1:]))
+    assert total / bounds[-1] == pytest.approx(0.25, rel=0.05)
+
+
+def test_allocation_by_risk_needs_a_risk_measure():
+    with pytest.raises(ConfigError, match="needs a risk measure"):
+        GradDefense(allocation="risk", sensitivity="uniform")
+    with pytest.raises(ConfigError, match="clip_per_sample needs clip"):
+        GradDefense(clip_per_sample=True)

@@ -3,10 +3,23 @@
 
 Per client and round: cut the flat gradient into S contiguous slices of equal leakage risk
 (or one slice per layer), pick k of them uniformly at random from the client's own generator,
-optionally clip each sample's part of the chosen slices to norm C, and add N(0, sigma^2) to
-every element of the chosen slices. The risks, and therefore the slice bounds, are recomputed
-every R rounds on a root set of a few samples per class from the client's own data, and cached
-per client. The server undoes part of the noise with :meth:`GradDefense.compensator`.
+optionally clip each chosen slice to L2 norm C, and add Gaussian noise to every element of the
+chosen slices. The risks, and therefore the slice bounds, are recomputed every R rounds on a
+root set of a few samples per class from the client's own data, and cached per client. The
+server undoes part of the noise with :meth:`GradDefense.compensator`.
+
+Noise level, two modes:
+- absolute (``clip=None``, the paper's): the noise std is ``sigma`` in gradient units, so its
+  meaning changes with the model, the data and the round;
+- relative (``clip=C``): each chosen slice is first scaled to L2 norm at most C (the paper's
+  optional clipping, made first-class) and the noise std is ``sigma * C``: sigma is a noise
+  multiplier, as in DP-SGD. ``clip_per_sample`` clips each sample's part of a chosen slice
+  instead (needs per-sample gradients; bounds what one sample adds).
+
+Noise allocation: ``uniform`` (every chosen element the same std) or ``risk``: each chosen
+slice's std scales with its risk density (risk per element) to the power ``risk_exponent``,
+normalised so that the total noise power over the chosen slices equals the uniform one
+(more noise where a slice leaks more, the same noise budget).
 
 Deviations from the original code, and why:
 - risk probes are random (Hutchinson) by default; the original all-ones probe gives the last
@@ -25,7 +38,7 @@ Deviations from the original code, and why:
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Literal
+from typing import ClassVar, Literal
 
 import torch
 from pydantic import Field, model_validator
@@ -34,8 +47,17 @@ from torch import Tensor
 from ..errors import ConfigError
 from ..grads import flatten, flatten_batched, param_names, per_sample_gradients, unflatten
 from ..rng import keyed_generator, new_secret
-from .base import (Compensator, Defense, DefenseConfig, DefenseContext, Gradient, NoiseModel, Strength, check_finite,
-                   register)
+from .base import (
+    Compensator,
+    Defense,
+    DefenseConfig,
+    DefenseContext,
+    Gradient,
+    NoiseModel,
+    Strength,
+    check_finite,
+    register,
+)
 from .compensation import MarchenkoPastur, SpectralShrinkage
 from .rng import choose, generator_for, normal
 from .sensitivity import root_set, tensor_risks
@@ -45,38 +67,57 @@ from .slicing import check_slice_count, group_bounds, risk_balanced_bounds
 class GradDefenseConfig(DefenseConfig):
     """Options of ``graddefense``; defaults are explained in docs/defenses.md."""
 
-    sigma: float = Field(0.1, ge=0, description="std of the Gaussian noise added to every element of a chosen slice "
-                                                "(absolute, in gradient units)")
+    sigma: float = Field(0.1, ge=0, description="noise level: the std of the Gaussian noise on every element of a "
+                                                "chosen slice (absolute, in gradient units), or with clip=C the "
+                                                "noise multiplier (std sigma * C)")
     slices: int = Field(10, ge=1, description="S: how many slices the gradient is cut into")
-    chosen: int = Field(10, ge=1, description="k: how many of the S slices get noise, picked at random per client and "
-                                              "round (default k = S: see 'hardened' in docs/defenses.md)")
+    chosen: int = Field(10, ge=1, description="k: how many of the S slices get noise, picked at random per client "
+                                              "and round (default k = S: see 'hardened' in docs/defenses.md)")
     slicing: Literal["risk", "layers"] = Field(
         "risk", description="'risk': S contiguous slices of equal leakage risk; 'layers': one slice per layer "
                             "(then round(k*L/S) of the L layers get noise, at least one)")
     sensitivity: Literal["hutchinson", "ones", "uniform"] = Field(
         "hutchinson", description="how leakage risk is measured: 'hutchinson' (random probes, default), 'ones' "
-                                  "(the original code's all-ones probe), 'uniform' (every element equal: equal-size slices)")
+                                  "(the original code's all-ones probe), 'uniform' (every element equal: "
+                                  "equal-size slices)")
     probes: int = Field(1, ge=1, le=64, description="random probes per tensor for the Hutchinson risk estimate "
                                                     "(one is enough on LeNet: <= 6% relative std per tensor)")
     refresh_every: int = Field(10, ge=1, description="R: recompute the risks every R rounds")
     root_per_class: int = Field(2, ge=1, le=64, description="root-set samples per class used to measure risk")
-    clip: float | None = Field(None, gt=0, description="C: if set, clip each sample's part of each chosen slice to "
-                                                       "L2 norm C before adding noise (needs per-sample gradients)")
+    clip: float | None = Field(None, gt=0, description="C: if set, each chosen slice is scaled to L2 norm at most C "
+                                                       "and the noise std is sigma * C (relative mode)")
+    clip_per_sample: bool = Field(False, description="with clip: clip each sample's part of a chosen slice instead "
+                                                     "of the batch's (needs per-sample gradients)")
+    allocation: Literal["uniform", "risk"] = Field(
+        "uniform", description="'uniform': the same std on every chosen element; 'risk': each chosen slice's std "
+                               "scales with its risk per element ** risk_exponent, total noise power unchanged")
+    risk_exponent: float = Field(0.5, ge=0, le=4, description="the exponent of allocation='risk' (0: uniform)")
     compensation: Literal["none", "shrink", "mp", "mp-original"] = Field(
         "none", description="server-side estimate of the clean aggregate: 'none' (the plain average: best final "
                             "accuracy in our measurements), 'shrink' (per-tensor spectral shrinkage: lowest error "
                             "per round), 'mp' (the paper's Marchenko-Pastur filter, correct variance), "
                             "'mp-original' (the same with the original code's variance)")
-    mp_ratio: float = Field(4.0, ge=1, description="Q: aspect ratio v/w of the matrix the MP filter reshapes the update into")
+    mp_ratio: float = Field(4.0, ge=1, description="Q: aspect ratio v/w of the matrix the MP filter reshapes the "
+                                                   "update into")
     memoize: bool = Field(True, description="the same clean gradient always gets the same noise (seeded from a "
                                             "client secret and a hash of the gradient), so an attacker who sees "
                                             "it several times cannot average the noise away")
 
     @model_validator(mode="after")
-    def _chosen_within_slices(self):
+    def _consistent(self):
         if self.chosen > self.slices:
             raise ConfigError(f"graddefense: chosen (k) = {self.chosen} must be at most slices (S) = {self.slices}")
+        if self.clip_per_sample and self.clip is None:
+            raise ConfigError("graddefense: clip_per_sample needs clip=C (the norm each sample's part is clipped to)")
+        if self.allocation == "risk" and self.sensitivity == "uniform" and self.slicing == "risk":
+            raise ConfigError("graddefense: allocation='risk' needs a risk measure: sensitivity='hutchinson' or "
+                              "'ones', or slicing='layers'")
         return self
+
+    @property
+    def noise_std(self) -> float:
+        """The noise std of a uniformly allocated element, in gradient units."""
+        return self.sigma * (self.clip if self.clip is not None else 1.0)
 
 
 class GradDefensePaperConfig(GradDefenseConfig):
@@ -84,7 +125,8 @@ class GradDefensePaperConfig(GradDefenseConfig):
 
     sigma: float = Field(0.3, ge=0, description="std of the Gaussian noise added to every element of a chosen slice "
                                                 "(absolute, in gradient units)")
-    chosen: int = Field(5, ge=1, description="k: how many of the S slices get noise, picked at random per client and round")
+    chosen: int = Field(5, ge=1, description="k: how many of the S slices get noise, picked at random per client "
+                                             "and round")
     memoize: bool = Field(False, description="fresh noise on every call, as in the paper")
 
 
@@ -93,6 +135,7 @@ class _ClientState:
     """What one client caches between risk refreshes."""
 
     bounds: Tensor  # S + 1 slice bounds into the flat gradient
+    density: Tensor | None  # risk per element of each slice (for allocation="risk")
     refreshed: int  # round of the last refresh
 
 
@@ -102,8 +145,9 @@ class GradDefense(Defense):
 
     name = "graddefense"
     Config = GradDefenseConfig
+    config: GradDefenseConfig
     needs_batch = True
-    strength = Strength(option="sigma", low=1e-3, high=3.0)
+    strength: ClassVar[Strength | None] = Strength(option="sigma", low=1e-3, high=3.0)
     sliced = True
 
     def __init__(self, config=None, **options):
@@ -122,28 +166,30 @@ class GradDefense(Defense):
 
     def defend_with_secret(self, grads, context: DefenseContext) -> tuple[Gradient, Tensor]:
         """The defended gradient and the mask of the elements that got noise (the secret)."""
+        c = self.config
         flat = flatten(grads)  # a new tensor: the input is never written
         if not torch.isfinite(flat.sum()):  # one reduction; the exact per-tensor check only when in doubt
             check_finite(grads, self.name)
         generator = generator_for(context)
-        if self.config.memoize:
+        if c.memoize:
             generator = self._memoized(flat, context, generator)
-        bounds = self._bounds(grads, context, generator)
-        slice_count = len(bounds) - 1
+        state = self._state(grads, context, generator)
+        slice_count = len(state.bounds) - 1
         chosen = choose(self.chosen_count(slice_count), slice_count, generator)
-        starts, ends = bounds[chosen].tolist(), bounds[chosen + 1].tolist()
-        if self.config.clip is not None:
+        starts, ends = state.bounds[chosen].tolist(), state.bounds[chosen + 1].tolist()
+        if c.clip is not None:
             self._clip(flat, starts, ends, context)
         lengths = [end - start for start, end in zip(starts, ends)]
-        noise = normal(sum(lengths), generator, flat).mul_(self.config.sigma)  # one draw for all chosen slices
+        stds = self._stds(state, chosen, lengths)
+        noise = normal(sum(lengths), generator, flat)  # one draw for all chosen slices
         secret = torch.zeros(flat.numel(), dtype=torch.bool)
-        for start, end, part in zip(starts, ends, noise.split(lengths)):
-            flat[start:end] += part
+        for start, end, part, std in zip(starts, ends, noise.split(lengths), stds):
+            flat[start:end] += part * std
             secret[start:end] = True
         return unflatten(flat, grads), secret
 
     def noise_model(self, batch_size: int = 1) -> NoiseModel:
-        return NoiseModel("gaussian", self.config.sigma, self._fraction, fresh=not self.config.memoize)
+        return NoiseModel("gaussian", self.config.noise_std, self._fraction, fresh=not self.config.memoize)
 
     def compensator(self) -> Compensator | None:
         c = self.config
@@ -151,9 +197,9 @@ class GradDefense(Defense):
             return None
         fraction = lambda: self._fraction  # noqa: E731  (layer slicing learns k/L on first use)
         if c.compensation == "shrink":
-            return SpectralShrinkage(c.sigma, fraction)
-        variance = "original" if c.compensation == "mp-original" else "correct"
-        return MarchenkoPastur(c.sigma, fraction, variance, ratio=c.mp_ratio)
+            return SpectralShrinkage(c.noise_std, fraction)
+        variance: Literal["correct", "original"] = "original" if c.compensation == "mp-original" else "correct"
+        return MarchenkoPastur(c.noise_std, fraction, variance, ratio=c.mp_ratio)
 
     def public_slices(self, grads, model, data: tuple[Tensor, Tensor]) -> Tensor:
         """The S + 1 slice bounds this defense's public code gives for ``model`` and ``data``.
@@ -161,13 +207,28 @@ class GradDefense(Defense):
         A client slices with its own root set; an adaptive attacker calls this with data of its
         own to estimate the client's slices (the code and configuration are public)."""
         context = DefenseContext(model=model, local_data=data)
-        return self._slice(grads, context, generator_for(context))
+        return self._slice(grads, context, generator_for(context))[0]
 
     def chosen_count(self, slice_count: int) -> int:
         """How many of ``slice_count`` slices get noise (k, or its share of the layers)."""
         if self.config.slicing == "risk":
             return self.config.chosen
         return max(1, round(self.config.chosen * slice_count / self.config.slices))
+
+    def slice_stds(self, density: Tensor, lengths: Tensor) -> Tensor:
+        """Per-slice noise std of allocation='risk' for slices of ``density`` (risk per element)
+        and ``lengths``: proportional to density ** exponent, with the total noise power
+        sum(length * std^2) equal to uniform noise's."""
+        base = self.config.noise_std
+        weight = density.double().clamp_min(1e-30) ** self.config.risk_exponent
+        lengths = lengths.double()
+        scale = (lengths.sum() / (lengths * weight.square()).sum()).sqrt()
+        return (base * weight * scale).float()
+
+    def _stds(self, state: _ClientState, chosen: Tensor, lengths: list[int]) -> list[float]:
+        if self.config.allocation == "uniform" or state.density is None:
+            return [self.config.noise_std] * len(lengths)
+        return self.slice_stds(state.density[chosen], torch.tensor(lengths)).tolist()
 
     def _memoized(self, flat: Tensor, context: DefenseContext, generator: torch.Generator) -> torch.Generator:
         """A generator seeded from the client's secret and the clean gradient's bytes: the same
@@ -178,56 +239,84 @@ class GradDefense(Defense):
             self._secrets[context.client] = new_secret(generator)
         return keyed_generator(self._secrets[context.client], flat.detach().cpu().numpy().tobytes())
 
-    def _bounds(self, grads, context: DefenseContext, generator: torch.Generator) -> Tensor:
-        """The client's cached slice bounds, refreshed every R rounds; one slice when every slice
-        gets noise anyway (k = S), which needs no risk estimate."""
-        if self.config.slicing == "risk" and self.config.chosen == self.config.slices:
-            size = sum(g.numel() for g in grads)
-            check_slice_count(self.config.slices, size)
-            return torch.tensor([0, size])
-        state = self._clients.get(context.client)
-        size = sum(g.numel() for g in grads)
-        stale = (state is None or int(state.bounds[-1]) != size
-                 or not 0 <= context.round - state.refreshed < self.config.refresh_every)
-        if stale:
-            state = _ClientState(self._slice(grads, context, generator), context.round)
-            self._clients[context.client] = state
-        return state.bounds
+    def _needs_slices(self) -> bool:
+        """Whether the slice bounds matter: with k = S, uniform noise and no clipping every element
+        gets the same noise, and one slice (no risk estimate) gives the same result."""
+        c = self.config
+        return not (c.slicing == "risk" and c.chosen == c.slices and c.allocation == "uniform" and c.clip is None)
 
-    def _slice(self, grads, context: DefenseContext, generator: torch.Generator) -> Tensor:
+    def _state(self, grads, context: DefenseContext, generator: torch.Generator) -> _ClientState:
+        """The client's cached slices, refreshed every R rounds."""
+        size = sum(g.numel() for g in grads)
+        if not self._needs_slices():
+            check_slice_count(self.config.slices, size)
+            return _ClientState(torch.tensor([0, size]), None, context.round)
+        state = self._clients.get(context.client)
+        if (state is None or int(state.bounds[-1]) != size
+                or not 0 <= context.round - state.refreshed < self.config.refresh_every):
+            bounds, density = self._slice(grads, context, generator)
+            state = _ClientState(bounds, density, context.round)
+            self._clients[context.client] = state
+        return state
+
+    def _slice(self, grads, context: DefenseContext, generator: torch.Generator) -> tuple[Tensor, Tensor | None]:
+        """Slice bounds and, for allocation='risk', each slice's risk per element."""
         sizes = torch.tensor([g.numel() for g in grads])
-        if self.config.slicing == "layers":
-            bounds = group_bounds(_layer_sizes(grads, context))
+        c = self.config
+        if c.slicing == "layers":
+            layer_sizes = _layer_sizes(grads, context)
+            bounds = group_bounds(layer_sizes)
             self._fraction = self.chosen_count(len(bounds) - 1) / (len(bounds) - 1)
-            return bounds
-        return risk_balanced_bounds(self._risks(grads, context, generator), sizes, self.config.slices)
+            if c.allocation == "risk":
+                risks = self._risks(grads, context, generator)
+                return bounds, _slice_density(bounds, risks, sizes)
+            return bounds, None
+        risks = self._risks(grads, context, generator)
+        bounds = risk_balanced_bounds(risks, sizes, c.slices)
+        return bounds, (_slice_density(bounds, risks, sizes) if c.allocation == "risk" else None)
 
     def _risks(self, grads, context: DefenseContext, generator: torch.Generator) -> Tensor:
         c = self.config
         if c.sensitivity == "uniform":
             return torch.tensor([float(g.numel()) for g in grads], dtype=torch.float64)
-        data = context.local_data if context.local_data is not None else (context.x, context.y)
-        if context.model is None or data[0] is None or data[1] is None:
+        x, y = context.local_data if context.local_data is not None else (context.x, context.y)
+        if context.model is None or x is None or y is None:
             raise ConfigError(f"graddefense: sensitivity={c.sensitivity!r} needs context.model and the client's "
                               f"data (local_data, or x and y); pass them or use sensitivity='uniform'")
-        x, y = root_set(*data, c.root_per_class, generator)
-        probe = "ones" if c.sensitivity == "ones" else "hutchinson"
+        x, y = root_set(x, y, c.root_per_class, generator)
+        probe: Literal["ones", "hutchinson"] = "ones" if c.sensitivity == "ones" else "hutchinson"
         return tensor_risks(context.model, x, y, probe=probe, probes=c.probes, generator=generator)
 
     def _clip(self, flat: Tensor, starts: list[int], ends: list[int], context: DefenseContext) -> None:
-        """Replace each chosen slice by the mean of per-sample parts clipped to norm C (in place on
-        ``flat``, our own copy). Assumes the gradient is the mean of the per-sample gradients."""
+        """Scale each chosen slice of ``flat`` (our own copy) to L2 norm at most C; with
+        clip_per_sample, replace it by the mean of the per-sample parts clipped to norm C
+        (assumes the gradient is the mean of the per-sample gradients)."""
+        clip = self.config.clip
+        assert clip is not None
+        if not self.config.clip_per_sample:
+            for start, end in zip(starts, ends):
+                part = flat[start:end]
+                part.mul_((clip / part.norm().clamp(min=1e-12)).clamp(max=1.0))
+            return
         per_sample = context.per_sample
         if per_sample is None:
             if context.model is None or context.x is None or context.y is None:
-                raise ConfigError("graddefense: clip needs per-sample gradients: pass context.per_sample, "
-                                  "or context.model, x and y")
+                raise ConfigError("graddefense: clip_per_sample needs per-sample gradients: pass "
+                                  "context.per_sample, or context.model, x and y")
             per_sample = per_sample_gradients(context.model, context.x, context.y)
         samples = flatten_batched(per_sample)
         for start, end in zip(starts, ends):
             part = samples[:, start:end]
-            factor = (self.config.clip / part.norm(dim=1).clamp(min=1e-12)).clamp(max=1.0)
+            factor = (clip / part.norm(dim=1).clamp(min=1e-12)).clamp(max=1.0)
             flat[start:end] = (part * factor[:, None]).mean(0)
+
+
+def _slice_density(bounds: Tensor, risks: Tensor, sizes: Tensor) -> Tensor:
+    """Risk per element of each slice, each element of tensor l carrying risks[l] / sizes[l]."""
+    per_element = torch.repeat_interleave(risks.double() / sizes.double(), sizes)
+    cumulative = torch.cat([torch.zeros(1, dtype=torch.float64), per_element.cumsum(0)])
+    lengths = (bounds[1:] - bounds[:-1]).double()
+    return (cumulative[bounds[1:]] - cumulative[bounds[:-1]]) / lengths
 
 
 def _layer_sizes(grads, context: DefenseContext) -> Tensor:
@@ -249,4 +338,5 @@ class GradDefensePaper(GradDefense):
 
     name = "graddefense-paper"
     Config = GradDefensePaperConfig
+    config: GradDefensePaperConfig
     strength = None  # the paper's configuration, compared as it is
