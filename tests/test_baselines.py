@@ -41,6 +41,24 @@ def test_element_noise_has_the_configured_spread(name, option, std):
     assert abs(float(out[0].std()) / 0.3 - 1) < 0.03
 
 
+@pytest.mark.parametrize("name, option", [("dp-gaussian", "sigma"), ("dp-laplace", "scale")])
+def test_relative_element_noise_clips_the_gradient_and_scales_the_noise_by_c(name, option):
+    grads = [torch.randn(300, 100, generator=seeded(4)) * 0.1, torch.randn(40_000, generator=seeded(5))]
+    norm = float(torch.cat([g.flatten() for g in grads]).norm())
+    quiet = Defense.from_config(name, **{option: 0.0}, clip=norm / 4).defend(grads, DefenseContext())
+    assert float(torch.cat([q.flatten() for q in quiet]).norm()) == pytest.approx(norm / 4, rel=1e-5)
+    for g, q in zip(grads, quiet):
+        torch.testing.assert_close(q, g / 4)  # the direction is kept
+    loud = Defense.from_config(name, **{option: 2.0}, clip=norm / 4)
+    out = loud.defend(grads, DefenseContext(generator=seeded(6)))
+    noise = torch.cat([(o - q).flatten() for o, q in zip(out, quiet)])
+    expected = loud.noise_model().std
+    assert expected == pytest.approx(2.0 * norm / 4 * (1 if name == "dp-gaussian" else math.sqrt(2)))
+    assert float(noise.std()) == pytest.approx(expected, rel=0.03)
+    unclipped = Defense.from_config(name, **{option: 0.0}, clip=10 * norm).defend(grads, DefenseContext())
+    assert all(torch.equal(u, g) for u, g in zip(unclipped, grads)), "a gradient within C is left as it is"
+
+
 def test_soteria_zeroes_exactly_the_expected_columns(small_lenet):
     model, x, y = small_lenet
     percentile, eps = 60.0, 0.1

@@ -21,19 +21,29 @@ from .rng import generator_for, laplace, normal
 # unit-scale draws of each distribution: ``draw(count, generator, like)``
 DRAWS: dict[str, Callable[[int, torch.Generator, Tensor], Tensor]] = {"gaussian": normal, "laplace": laplace}
 
-class GaussianNoiseConfig(DefenseConfig):
-    sigma: float = Field(1e-3, ge=0, description="std of the Gaussian noise added to every gradient element "
-                                                 "(noise only, no formal privacy guarantee)")
+
+class _NoiseConfig(DefenseConfig):
+    clip: float | None = Field(None, gt=0, description="C: if set, the whole gradient is scaled to L2 norm at most C "
+                                                       "and the noise level is relative: std (or scale) times C")
 
 
-class LaplaceNoiseConfig(DefenseConfig):
+class GaussianNoiseConfig(_NoiseConfig):
+    sigma: float = Field(1e-3, ge=0, description="std of the Gaussian noise added to every gradient element, or with "
+                                                 "clip=C the noise multiplier (std sigma * C); noise only, no formal "
+                                                 "privacy guarantee")
+
+
+class LaplaceNoiseConfig(_NoiseConfig):
     scale: float = Field(1e-3, ge=0, description="b: scale of the Laplace noise added to every gradient element "
-                                                 "(std = b * sqrt 2; noise only, no formal privacy guarantee)")
+                                                 "(std = b * sqrt 2), or with clip=C relative (scale b * C); noise "
+                                                 "only, no formal privacy guarantee")
 
 
 class _ElementNoise(Defense):
-    """Add i.i.d. noise of one distribution (:data:`DRAWS`, unit scale) times the ``scale_field`` option."""
+    """Add i.i.d. noise of one distribution (:data:`DRAWS`, unit scale) times the ``scale_field`` option;
+    with ``clip=C``, scale the whole gradient to norm at most C first and the noise by C."""
 
+    config: _NoiseConfig
     scale_field: ClassVar[str]
     distribution: ClassVar[Literal["gaussian", "laplace"]]
     std_per_scale: ClassVar[float] = 1.0  # the draw's standard deviation at unit scale
@@ -41,12 +51,22 @@ class _ElementNoise(Defense):
     def defend(self, grads, context):
         check_finite(grads, self.name)
         generator = generator_for(context)
-        scale = getattr(self.config, self.scale_field)
+        scale = self._scale()
         draw = DRAWS[self.distribution]
+        clip = self.config.clip
+        if clip is not None:
+            norm = torch.sqrt(sum((g.double().square().sum() for g in grads), torch.zeros((), dtype=torch.float64)))
+            factor = float((clip / norm.clamp(min=1e-12)).clamp(max=1.0))
+            grads = [g * factor for g in grads]
         return [g + scale * draw(g.numel(), generator, g).view_as(g) for g in grads]
 
+    def _scale(self) -> float:
+        """The noise's scale in gradient units (times C in relative mode)."""
+        scale = float(getattr(self.config, self.scale_field))
+        return scale * self.config.clip if self.config.clip is not None else scale
+
     def noise_model(self, batch_size: int = 1) -> NoiseModel:
-        return NoiseModel(self.distribution, self.std_per_scale * getattr(self.config, self.scale_field))
+        return NoiseModel(self.distribution, self.std_per_scale * self._scale())
 
 
 @register
