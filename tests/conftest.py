@@ -17,6 +17,18 @@ from gradguard.data import load_dataset
 torch.set_num_threads(1)
 
 
+@pytest.fixture(scope="session", autouse=True)
+def _private_cache(tmp_path_factory):
+    """Learned inverters and other caches go to a folder of this test session, not the user's."""
+    previous = os.environ.get("GRADGUARD_CACHE")
+    os.environ["GRADGUARD_CACHE"] = str(tmp_path_factory.mktemp("cache"))
+    yield
+    if previous is None:
+        os.environ.pop("GRADGUARD_CACHE", None)
+    else:
+        os.environ["GRADGUARD_CACHE"] = previous
+
+
 @pytest.fixture(scope="session")
 def mnist_sample():
     return load_dataset("mnist-sample")

@@ -37,7 +37,7 @@ def gradients(model, x, y):
 # --- configs ------------------------------------------------------------------------------
 
 @pytest.mark.parametrize("options, field", [
-    ({"distance": "l1"}, "distance"),
+    ({"distance": "l3"}, "distance"),
     ({"iterations": 0}, "iterations"),
     ({"lr": -1.0}, "lr"),
     ({"optimizer": "adam", "milestones": [0.7, 0.3]}, "milestones"),

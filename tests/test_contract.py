@@ -39,9 +39,7 @@ BATCH = 2
 # Contract violations found in src/ and reported, not yet fixed: (check, registered name) ->
 # what is wrong. Strict xfail: once src/ is fixed the case passes, fails as XPASS, and the
 # entry must go.
-KNOWN_VIOLATIONS = {
-    ("nan", "none"): "NoDefense.defend clones a NaN gradient through instead of refusing it (no check_finite)",
-}
+KNOWN_VIOLATIONS: dict[tuple[str, str], str] = {}
 
 
 def expect_violation(request, check: str, name: str) -> None:

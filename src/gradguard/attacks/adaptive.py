@@ -20,6 +20,14 @@ runs it against every registered defense that fits.
   (noise never repeats); elsewhere the mean of the observations.
 - ``mute-perturbed``: leaves out the parameters a defense perturbs in a fixed pattern (Soteria's
   last linear layer): the muted attack that breaks Soteria.
+- ``noise-aware``: matches with the likelihood of the defense's known noise (after Balunovic et
+  al., "Bayesian Framework for Gradient Leakage", ICLR 2022): Gaussian noise, the squared error
+  over 2 sigma^2; Laplace noise, the absolute error over b; a defense that zeroes entries
+  (pruning, Soteria), only the entries it kept; plus the base attack's image prior (total
+  variation), whose weight relative to the likelihood thus grows with sigma^2. Without noise
+  or zeroed entries it is the base attack unchanged.
+- ``lti`` (``gradguard.attacks.learned``): an inversion network trained on the attacker's own
+  data passed through the defense.
 """
 
 from __future__ import annotations
@@ -48,15 +56,21 @@ class Observation:
 
     gradients: list[Gradient]
     secret_mask: Tensor | None = None
+    batch_size: int = 1
 
 
 @dataclass(frozen=True)
 class Prepared:
-    """The gradient the matching engine inverts, and the elements it leaves out (True = muted)."""
+    """The gradient the matching engine inverts, the elements it leaves out (True = muted) and
+    changes to the engine's configuration (``overrides``, e.g. a likelihood as the distance).
+    An attack that reconstructs by itself returns ``images`` (and ``labels``) instead."""
 
     gradient: Gradient
     mute_mask: Tensor | None = None
     detection: dict[str, float] = field(default_factory=dict)
+    overrides: dict[str, object] = field(default_factory=dict)
+    images: Tensor | None = None
+    labels: Tensor | None = None
 
 
 class AdaptiveAttack(ABC):
@@ -65,6 +79,10 @@ class AdaptiveAttack(ABC):
     name: ClassVar[str]
     #: knows the client's secret: an upper bound for evaluation, never counted in a verdict
     oracle: ClassVar[bool] = False
+    #: returns images itself (:attr:`Prepared.images`) instead of a gradient for the engine
+    reconstructs: ClassVar[bool] = False
+    #: the largest batch it can attack (None: any)
+    max_batch_size: ClassVar[int | None] = None
     rounds: int = 1
 
     @classmethod
@@ -232,6 +250,37 @@ class MutePerturbed(AdaptiveAttack):
         mask = torch.cat([torch.full((g.numel(),), name in perturbed, dtype=torch.bool)
                           for name, g in zip(names, gradient)])
         return Prepared(gradient, mask)
+
+
+@register_adaptive
+class NoiseAware(AdaptiveAttack):
+    """Match with the likelihood of the defense's public noise model; leave out zeroed entries."""
+
+    name = "noise-aware"
+
+    @classmethod
+    def applies_to(cls, defense):
+        return True  # without noise or zeroed entries it is the base attack, so it bounds every defense
+
+    def prepare(self, model, observation, defense, public_data):
+        gradient = observation.gradients[0]
+        flat = flatten(gradient)
+        mask = (flat == 0) if defense.sparsifies else None
+        if mask is not None and (not bool(mask.any()) or bool(mask.all())):
+            mask = None
+        kept = flat.numel() - (int(mask.sum()) if mask is not None else 0)
+        noise = defense.noise_model(batch_size=max(1, _batch_of(observation)))
+        overrides: dict[str, object] = {}
+        if noise is not None and noise.std > 0:
+            if noise.distribution == "laplace":  # -log p = |g - o| / b, b = std / sqrt 2
+                overrides = {"distance": "l1", "distance_scale": 2 ** 0.5 / (noise.std * kept)}
+            else:  # -log p = (g - o)^2 / (2 sigma^2)
+                overrides = {"distance": "l2", "distance_scale": 1.0 / (2 * noise.std ** 2 * kept)}
+        return Prepared(gradient, mask, overrides=overrides)
+
+
+def _batch_of(observation: Observation) -> int:
+    return int(observation.batch_size) if observation.batch_size else 1
 
 
 def adaptive_attack(name: str, **options) -> AdaptiveAttack:

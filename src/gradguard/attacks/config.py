@@ -12,7 +12,7 @@ from typing import Literal
 import torch
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-Distance = Literal["l2", "cosine"]
+Distance = Literal["l2", "cosine", "l1"]
 Optimizer = Literal["lbfgs", "adam"]
 Init = Literal["randn", "uniform", "constant"]
 # learned: soft labels optimised with the images (DLG); idlg: recovered analytically from the
@@ -27,6 +27,8 @@ class AttackConfig(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True, arbitrary_types_allowed=True)
 
     distance: Distance = "l2"
+    distance_scale: float = Field(default=1.0, gt=0.0, description="the distance is multiplied by this (e.g. a "
+                                                                   "likelihood's 1 / (2 sigma^2))")
     layer_weights: list[float] | None = Field(
         default=None, description="one weight >= 0 per gradient tensor, in parameters() order")
     optimizer: Optimizer = "lbfgs"

@@ -91,6 +91,14 @@ class L2Distance:
         return _total(_weighted_sum((t - o).square(), w) for t, o, w in zip(trial, observed, self.weights))
 
 
+class L1Distance(L2Distance):
+    """Sum of absolute differences, per target (the negative log-likelihood of Laplace noise, up to scale)."""
+
+    def __call__(self, trial: Sequence[Tensor], rows: Tensor | None = None) -> Tensor:
+        observed = self.observed if rows is None else [o[rows] for o in self.observed]
+        return _total(_weighted_sum((t - o).abs(), w) for t, o, w in zip(trial, observed, self.weights))
+
+
 class CosineDistance:
     """Inverting Gradients: 1 - cosine similarity of the whole (weighted) gradients, per target.
     The observed gradient's norm is computed once."""
@@ -107,7 +115,8 @@ class CosineDistance:
         return 1.0 - dot / (trial_norm * observed_norm).clamp_min(1e-30)
 
 
-DISTANCES: dict[str, type[L2Distance] | type[CosineDistance]] = {"l2": L2Distance, "cosine": CosineDistance}
+DISTANCES: dict[str, type[L2Distance] | type[CosineDistance]] = {"l2": L2Distance, "cosine": CosineDistance,
+                                                                 "l1": L1Distance}
 
 
 def total_variation(images: Tensor) -> Tensor:
@@ -145,6 +154,7 @@ class GradientMatcher:
         self.targets = observed[0].shape[0]
         kept_weights = [w.to(observed[i]) if isinstance(w, Tensor) else w for i, w in enumerate(weights) if i in kept]
         self.distance = DISTANCES[config.distance]([observed[i] for i in kept], kept_weights)
+        self.distance_scale = config.distance_scale
         self.tv_weight = config.tv_weight
         self.kept_params = [named[i][1] for i in kept]
         self.kept = {named[i][0]: named[i][1].detach() for i in kept}
@@ -170,6 +180,8 @@ class GradientMatcher:
         ``labels`` is (T, B) class indices or (T, B, classes) soft-label logits. With ``rows``
         the inputs hold only those targets (stopped targets need no evaluation)."""
         distance = self.distance(self.parameter_gradients(images, labels), rows)
+        if self.distance_scale != 1.0:
+            distance = distance * self.distance_scale
         if self.tv_weight:
             return distance + self.tv_weight * total_variation(images), distance
         return distance, distance

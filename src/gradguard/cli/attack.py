@@ -1,7 +1,12 @@
 """`gradguard attack`: reconstruct dataset images from their (optionally defended) gradients.
 
-Writes ``grid.png`` (truth row above reconstruction row), ``scores.csv`` (one row per image)
-and ``scores.json`` (the rows, a summary and the exact configuration) to ``--out``.
+Any registered attack: a preset of the matching engine (``dlg``, ``gia``) or an attack that
+knows the defense (adaptive, noise-aware, learned), which inverts with ``--base-attack`` unless
+it reconstructs by itself. The same computation as a reproduction's attack cell
+(:func:`gradguard.experiments.cells.run_attack`), so the command prints the two no-gradient
+floors for the same targets. Writes ``grid.png`` (truth row above reconstruction row),
+``scores.csv`` (one row per image) and ``scores.json`` (the rows, a summary, the floors and the
+exact configuration) to ``--out``.
 """
 
 from __future__ import annotations
@@ -23,7 +28,7 @@ from .options import (
 
 
 def configure(p) -> None:
-    from ..attacks import ATTACKS
+    from ..attacks import ADAPTIVE, ATTACKS
 
     add_data_options(p)
     add_model_option(p)
@@ -31,9 +36,16 @@ def configure(p) -> None:
                    help="model option, repeatable (lenet defaults to dlg_init=true, DLG's initialisation)")
     p.add_argument("--unnormalised", action="store_true",
                    help="build the model without the dataset's normalisation layer (DLG's own setting)")
-    p.add_argument("--attack", default="dlg", choices=sorted(ATTACKS), help="attack preset")
+    p.add_argument("--attack", default="dlg", choices=list(ATTACKS) + list(ADAPTIVE),
+                   help="an attack preset, or an attack that knows the defense (adaptive, noise-aware, learned)")
+    p.add_argument("--base-attack", default="gia", choices=list(ATTACKS),
+                   help="the preset that inverts an adaptive attack's prepared gradient")
+    p.add_argument("--attack-opt", action="append", metavar="KEY=VALUE",
+                   help="option of an adaptive attack, repeatable (e.g. epochs=20 for lti)")
     p.add_argument("--images", type=int, default=8, help="images to attack (a multiple of --batch-size)")
     p.add_argument("--batch-size", type=int, default=1, help="images per observed gradient")
+    p.add_argument("--aux-images", type=int, default=3000,
+                   help="training images (never targets) an adaptive attacker owns")
     p.add_argument("--defense", default="none", help="defense applied to each gradient before the attack")
     p.add_argument("--defense-opt", action="append", metavar="KEY=VALUE", help="defense option, repeatable")
     p.add_argument("--iterations", type=int, default=None, help="override the preset's iterations")
@@ -42,65 +54,62 @@ def configure(p) -> None:
     add_out_option(p, "runs/attack")
 
 
-@command("attack", "Reconstruct images from their gradients (DLG, iDLG, Inverting Gradients) and score them.",
-         configure)
+@command("attack", "Reconstruct images from their gradients with any registered attack, score them against "
+                   "the no-gradient floors.", configure)
 def attack(args) -> None:
-    import torch
-
-    from ..attacks import Attack
+    from ..attacks import ADAPTIVE, Attack, adaptive_attack
     from ..data import load_dataset
     from ..defenses import Defense
     from ..errors import ConfigError
-    from ..rng import make_generator
+    from ..experiments.cells import AttackCell, run_attack
 
     if args.images < 1 or args.batch_size < 1 or args.images % args.batch_size:
         raise ConfigError(f"attack: --images ({args.images}) must be a positive multiple of --batch-size "
                           f"({args.batch_size})")
+    if args.aux_images < 1:
+        raise ConfigError(f"attack: --aux-images must be at least 1, got {args.aux_images}")
+    adaptive = args.attack if args.attack in ADAPTIVE else None
+    base = None if adaptive and ADAPTIVE[adaptive].reconstructs else (args.base_attack if adaptive else args.attack)
     overrides = {k: v for k, v in (("iterations", args.iterations), ("restarts", args.restarts)) if v is not None}
-    attacker = Attack.from_config(args.attack, **overrides)
-    defense = Defense.from_config(args.defense, **parse_key_values(args.defense_opt, "--defense-opt"))
+    attacker = Attack.from_config(base, **overrides) if base else None  # validates before any work
+    adaptive_options = parse_key_values(args.attack_opt, "--attack-opt")
+    if adaptive:
+        adaptive_attack(adaptive, **adaptive_options)
+        limit = ADAPTIVE[adaptive].max_batch_size
+        if limit is not None and args.batch_size > limit:
+            raise ConfigError(f"attack: {adaptive} attacks batches of at most {limit}, got --batch-size "
+                              f"{args.batch_size}")
+    elif adaptive_options:
+        raise ConfigError(f"attack: --attack-opt is for adaptive attacks ({', '.join(ADAPTIVE)}), not {args.attack}")
+    defense_options = parse_key_values(args.defense_opt, "--defense-opt")
+    Defense.from_config(args.defense, **defense_options)
     data = load_dataset(args.dataset, args.data_root, download=args.download)
     if args.images > len(data.x_train):
         raise ConfigError(f"attack: --images {args.images} exceeds the {len(data.x_train)} training images")
-    model = _build_model(data, args)
+    model_options = ({"dlg_init": True} if args.model == "lenet" else {}) | parse_key_values(args.model_opt,
+                                                                                             "--model-opt")
+    cell = AttackCell(dataset=args.dataset, model=args.model, model_options=model_options,
+                      normalised=not args.unnormalised, attack=base, attack_overrides=overrides, adaptive=adaptive,
+                      adaptive_options=adaptive_options, defense=args.defense, defense_options=defense_options,
+                      images=args.images, batch_size=args.batch_size, seed=args.seed, target_pool=len(data.x_train),
+                      aux_images=args.aux_images)
     ensure_out_dir(Path(args.out))
-    generator = make_generator(args.seed, "attack")
-    index = torch.randperm(len(data.x_train), generator=generator)[:args.images].view(-1, args.batch_size)
-    observed = _observe(model, data, index, defense, generator)
-    labels = [data.y_train[i] for i in index] if _labels_given(attacker, args.batch_size) else None
     start = time.perf_counter()
-    results = _with_progress(attacker, lambda progress: attacker.reconstruct_many(
-        model, observed, data.image_shape, args.batch_size, labels, generator=generator, progress=progress))
-    rows, truth, shown = _score(results, data, index)
-    summary = _summary(rows, time.perf_counter() - start)
-    _write(Path(args.out), rows, summary, truth, shown, vars(args), attacker, defense)
-    print(f"psnr {summary['psnr_mean']:.2f} dB, ssim {summary['ssim_mean']:.3f}, "
+    if attacker is not None and adaptive is None:
+        outcome = _with_progress(attacker, lambda progress: run_attack(cell, args.data_root, data, progress))
+    else:
+        outcome = run_attack(cell, args.data_root, data)
+    rows = _rows(outcome, data)
+    summary = _summary(outcome.record, time.perf_counter() - start)
+    _write(Path(args.out), rows, summary, outcome, vars(args), cell)
+    floor_psnr, floor_ssim = summary["floor_psnr"], summary["floor_ssim"]
+    print(f"{cell.label()} vs {args.defense}: psnr {summary['psnr_mean']:.2f} dB, ssim {summary['ssim_mean']:.3f}, "
           f"label accuracy {summary['label_accuracy']:.3f}, {summary['seconds']:.1f} s -> {args.out}")
-
-
-def _build_model(data, args):
-    """The model, initialised from --seed without touching the caller's global RNG state."""
-    from ..models import build_model, model_for
-    from ..rng import seeded_global_rng
-
-    options = ({"dlg_init": True} if args.model == "lenet" else {}) | parse_key_values(args.model_opt, "--model-opt")
-    with seeded_global_rng(args.seed, "init"):
-        if args.unnormalised:
-            return build_model(args.model, data.image_shape, data.num_classes, **options)
-        return model_for(data, args.model, **options)
-
-
-def _observe(model, data, index, defense, generator):
-    """What the attacker sees: each target batch's defended gradient (the harness's ``observe``)."""
-    from ..experiments.cells import observe
-
-    return [[g.detach() for g in observe(defense, model, data.x_train[rows], data.y_train[rows], 1,
-                                         lambda r: generator).gradients[0]] for rows in index]
-
-
-def _labels_given(attacker, batch_size: int) -> bool:
-    mode = attacker.config.labels
-    return mode == "given" or (mode == "idlg-or-given" and batch_size > 1)
+    print(f"floor (the better of the mean image, {summary['mean_image_floor'][0]:.2f} dB / "
+          f"{summary['mean_image_floor'][1]:.3f}, and the own label's mean image, "
+          f"{summary['label_floor'][0]:.2f} dB / {summary['label_floor'][1]:.3f}): psnr {floor_psnr:.2f} dB, "
+          f"ssim {floor_ssim:.3f}; the attack is {summary['psnr_mean'] - floor_psnr:+.2f} dB and "
+          f"{summary['ssim_mean'] - floor_ssim:+.3f} SSIM above it")
 
 
 def _with_progress(attacker, run):
@@ -121,47 +130,35 @@ def _with_progress(attacker, run):
         return run(lambda done, losses: bar.update(task, completed=done, loss=f"{float(losses.min()):.3e}"))
 
 
-def _score(results, data, index):
-    """Per-image rows (each reconstruction matched to its closest truth), truth and shown images."""
-    import torch
-
-    from ..metrics import label_accuracy, score_reconstruction
-
-    rows, truths, shown = [], [], []
-    for target, (result, rows_index) in enumerate(zip(results, index)):
-        truth = data.x_train[rows_index]
-        scores = score_reconstruction(result.images, truth)
-        accuracy = label_accuracy(result.labels, data.y_train[rows_index])
-        aligned = torch.empty_like(result.images)
-        aligned[scores.truth_index] = result.images
-        truths.append(truth)
-        shown.append(aligned.clamp(0, 1))
-        for k in range(len(result.images)):
-            j = int(scores.truth_index[k])
-            rows.append({"target": target, "dataset_index": int(rows_index[j]),
-                         "label": int(data.y_train[rows_index[j]]),
-                         "psnr": float(scores.psnr[k]), "ssim": float(scores.ssim[k]),
-                         "label_accuracy": accuracy, "matching_loss": result.matching_loss})
-    return rows, torch.cat(truths), torch.cat(shown)
+def _rows(outcome, data) -> list[dict]:
+    """One row per target: its dataset index and label, the PSNR and SSIM of its reconstruction."""
+    record = outcome.record
+    return [{"target": k, "dataset_index": int(i), "label": int(data.y_train[i]), "psnr": record["psnr_each"][k],
+             "ssim": record["ssim_each"][k], "label_accuracy": record["label_accuracy"]}
+            for k, i in enumerate(outcome.index)]
 
 
-def _summary(rows, seconds: float) -> dict:
-    mean = lambda key: sum(r[key] for r in rows) / len(rows)  # noqa: E731
-    return {"images": len(rows), "psnr_mean": mean("psnr"), "ssim_mean": mean("ssim"),
-            "label_accuracy": mean("label_accuracy"), "seconds": seconds}
+def _summary(record: dict, seconds: float) -> dict:
+    mean_floor = (record["floor_psnr"], record["floor_ssim"])
+    label_floor = (record["class_floor_psnr"], record["class_floor_ssim"])
+    return {"images": len(record["psnr_each"]), "psnr_mean": record["psnr_mean"], "ssim_mean": record["ssim_mean"],
+            "label_accuracy": record["label_accuracy"], "seconds": seconds,
+            "floor_psnr": max(mean_floor[0], label_floor[0]), "floor_ssim": max(mean_floor[1], label_floor[1]),
+            "mean_image_floor": mean_floor, "label_floor": label_floor}
 
 
-def _write(out: Path, rows, summary, truth, shown, args: dict, attacker, defense) -> None:
+def _write(out: Path, rows, summary, outcome, args: dict, cell) -> None:
     import torch
     from torchvision.utils import save_image
 
     out.mkdir(parents=True, exist_ok=True)
-    save_image(torch.cat([truth, shown]), out / "grid.png", nrow=len(truth), padding=2, pad_value=1.0)
+    save_image(torch.cat([outcome.truth, outcome.images.clamp(0, 1)]), out / "grid.png", nrow=len(outcome.truth),
+               padding=2, pad_value=1.0)
     with open(out / "scores.csv", "w", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=list(rows[0]))
         writer.writeheader()
         writer.writerows(rows)
-    config = attacker.config.model_dump(exclude={"mute_mask"})
-    record = {"summary": summary, "images": rows, "attack": config, "defense": repr(defense),
+    record = {"summary": summary, "images": rows, "cell": cell.config(),
+              "attack": (cell.attack_overrides | {"preset": cell.attack}) if cell.attack else None,
               "args": {k: str(v) for k, v in args.items() if k != "handler"}}
     (out / "scores.json").write_text(json.dumps(record, indent=2))

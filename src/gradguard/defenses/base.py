@@ -111,6 +111,8 @@ class Defense(ABC):
     trains: ClassVar[bool] = True
     #: whether it cuts the gradient into slices that :meth:`public_slices` recomputes
     sliced: ClassVar[bool] = False
+    #: whether it sets gradient entries to exactly zero (pruning): a zero then says nothing
+    sparsifies: ClassVar[bool] = False
 
     def __init__(self, config: DefenseConfig | None = None, **options):
         if config is None:
@@ -182,4 +184,5 @@ class NoDefense(Defense):
     name = "none"
 
     def defend(self, grads, context):
+        check_finite(grads, self.name)
         return [g.clone() for g in grads]

@@ -27,6 +27,7 @@ class GradientCompression(Defense):
     Config = CompressionConfig
     config: CompressionConfig
     strength = Strength(option="percentile", low=0.1, high=0.999, scale=100.0)
+    sparsifies = True
 
     def defend(self, grads, context):
         check_finite(grads, self.name)

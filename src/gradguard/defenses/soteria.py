@@ -38,6 +38,7 @@ class Soteria(Defense):
     config: SoteriaConfig
     needs_batch = True
     strength = Strength(option="percentile", low=0.01, high=0.99, scale=100.0)
+    sparsifies = True
 
     def perturbed_parameters(self) -> tuple[str, ...]:
         """Only the last linear layer's weight gradient (``fc.weight``) is ever changed."""

@@ -18,19 +18,21 @@ from __future__ import annotations
 import base64
 import hashlib
 import json
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar
 
 import numpy as np
 import torch
 from pydantic import BaseModel, ConfigDict, Field
+from torch import Tensor
 
 from ..attacks import Attack
 from ..attacks.adaptive import Observation, adaptive_attack
 from ..data import load_dataset
 from ..defenses import Defense, DefenseContext
 from ..defenses.base import Strength
-from ..errors import GradguardError
+from ..errors import ConfigError, GradguardError
 from ..grads import batch_gradient
 from ..metrics import label_accuracy, score_reconstruction
 from ..models import build_model, model_for
@@ -39,7 +41,7 @@ from ..rng import make_generator, seeded_global_rng
 #: Version of the cell format (fields and key derivation). Bump it with :data:`SCHEMA_FINGERPRINT`.
 STORE_VERSION = 2
 #: sha256 prefix of the cell classes' JSON schemas at :data:`STORE_VERSION` (see :func:`schema_fingerprint`).
-SCHEMA_FINGERPRINT = "0ce67c0220ca79b5"
+SCHEMA_FINGERPRINT = "4038952cab05e9e7"
 
 
 class TrainSettings(BaseModel):
@@ -88,7 +90,9 @@ def _options(options: dict[str, Any]) -> str:
 
 class AttackCell(Cell):
     """Attack ``images`` training images, ``batch_size`` at a time, through a defense; with
-    ``adaptive``, that adaptive attacker prepares each observation before the matching."""
+    ``adaptive``, that adaptive attacker prepares each observation before the matching (or, for
+    one that reconstructs by itself, ``attack`` is None). The attacker's own data is up to
+    ``aux_images`` training images that are not targets."""
 
     kind: ClassVar[str] = "attack"
 
@@ -96,7 +100,7 @@ class AttackCell(Cell):
     model: str
     model_options: dict[str, Any] = Field(default_factory=dict)
     normalised: bool = True
-    attack: str
+    attack: str | None
     attack_overrides: dict[str, Any] = Field(default_factory=dict)
     adaptive: str | None = None
     adaptive_options: dict[str, Any] = Field(default_factory=dict)
@@ -106,11 +110,14 @@ class AttackCell(Cell):
     batch_size: int = Field(ge=1)
     seed: int
     target_pool: int = Field(ge=1)
-    public_images: int = Field(ge=1)
+    aux_images: int = Field(ge=1)
+
+    def label(self) -> str:
+        """``gia``, ``detect-mute + gia`` or ``lti``."""
+        return " + ".join(part for part in (self.adaptive, self.attack) if part)
 
     def describe(self) -> str:
-        adaptive = f"{self.adaptive} + " if self.adaptive else ""
-        return f"{self.dataset}: {adaptive}{self.attack} vs {self.defense} {_options(self.defense_options)}".strip()
+        return f"{self.dataset}: {self.label()} vs {self.defense} {_options(self.defense_options)}".strip()
 
 
 class TrainCell(Cell):
@@ -208,15 +215,53 @@ def observe(defense: Defense, model, x, y, rounds: int, generator_of) -> Observa
         gradients.append(defended)
         if r == 0:
             secret = mask
-    return Observation(gradients, secret)
+    return Observation(gradients, secret, batch_size=len(x))
+
+
+def aux_indices(num_train: int, targets: list[int], count: int, generator: torch.Generator) -> Tensor:
+    """The attacker's own data: up to ``count`` training images that are not targets, in a seeded order."""
+    order = torch.randperm(num_train, generator=generator)
+    keep = ~torch.isin(order, torch.tensor(targets, dtype=order.dtype))
+    return order[keep][:count]
+
+
+def floors(dataset, index: list[int], truth: Tensor) -> dict[str, list[float]]:
+    """Per target, the scores of two guesses that use no gradient: the dataset's mean training
+    image (no information) and the mean training image of the target's own label, the target
+    left out (the label known: what a leaked label alone gives)."""
+    x, y = dataset.x_train, dataset.y_train
+    mean = score_reconstruction(x.mean(0, keepdim=True).expand_as(truth), truth, matched=False)
+    classes = int(y.max()) + 1
+    sums = torch.zeros(classes, *x.shape[1:]).index_add_(0, y, x)
+    counts = torch.bincount(y, minlength=classes).float()
+    labels = y[index]
+    own = (sums[labels] - truth) / (counts[labels] - 1).clamp_min(1).view(-1, *([1] * (truth.dim() - 1)))
+    by_label = score_reconstruction(own.clamp(0, 1), truth, matched=False)
+    return {"floor_psnr_each": mean.psnr.tolist(), "floor_ssim_each": mean.ssim.tolist(),
+            "class_floor_psnr_each": by_label.psnr.tolist(), "class_floor_ssim_each": by_label.ssim.tolist()}
+
+
+@dataclass(frozen=True)
+class AttackOutcome:
+    """An attack cell's result (``record``, what the store keeps) and the tensors behind it."""
+
+    record: dict[str, Any]
+    truth: Tensor
+    images: Tensor  # reconstructions, in target order after matching
+    index: list[int]
 
 
 def attack_cell(cell: AttackCell, data_root: Path | None) -> dict[str, Any]:
-    dataset = load_dataset(cell.dataset, data_root)
+    return run_attack(cell, data_root).record
+
+
+def run_attack(cell: AttackCell, data_root: Path | None, dataset=None, progress=None) -> AttackOutcome:
+    """Attack the cell's targets; ``progress(iteration, distances)`` follows a plain attack."""
+    dataset = dataset if dataset is not None else load_dataset(cell.dataset, data_root)
     seed = cell.seed
     model = seeded_model(dataset, cell.model, seed, cell.normalised, **cell.model_options)
     defense = Defense.from_config(cell.defense, **cell.defense_options)
-    attack = Attack.from_config(cell.attack, **cell.attack_overrides)
+    attack = Attack.from_config(cell.attack, **cell.attack_overrides) if cell.attack else None
     adaptive = adaptive_attack(cell.adaptive, **cell.adaptive_options) if cell.adaptive else None
     index = target_indices(len(dataset.x_train), cell.images, make_generator(seed, "targets"), cell.target_pool)
     truth, labels = dataset.x_train[index], dataset.y_train[index]
@@ -226,29 +271,54 @@ def attack_cell(cell: AttackCell, data_root: Path | None) -> dict[str, Any]:
                             lambda r, s=s: make_generator(seed, "defense", s, r)) for x, y, s in batches]
     generator = make_generator(seed, "attack")
     detection: list[dict[str, float]] = []
+    images_out: list[Tensor] = []
+    labels_out: list[Tensor] = []
     if adaptive is None:
+        assert attack is not None
         # All targets in one vectorised optimisation; labels reach the attack only if its config says "given".
         results = attack.reconstruct_many(model, [o.gradients[0] for o in observations], dataset.image_shape, batch,
-                                          labels=[y for _, y, _ in batches], generator=generator)
+                                          labels=[y for _, y, _ in batches], generator=generator, progress=progress)
+        images_out, labels_out = [r.images.detach() for r in results], [r.labels.detach() for r in results]
     else:
-        public = (dataset.x_test[:cell.public_images], dataset.y_test[:cell.public_images])  # never a target
-        results = []
+        aux = aux_indices(len(dataset.x_train), index, cell.aux_images, make_generator(seed, "aux"))
+        public = (dataset.x_train[aux], dataset.y_train[aux])  # the attacker's own data, never a target
         for observation, (_, y, _) in zip(observations, batches):
             prepared = adaptive.prepare(model, observation, defense, public)
             detection.append(prepared.detection)
-            muted = Attack(attack.config.model_copy(update={"mute_mask": prepared.mute_mask}))
-            results.append(muted.reconstruct(model, prepared.gradient, dataset.image_shape, batch, labels=y,
-                                             generator=generator))
-    images = torch.cat([r.images.detach() for r in results])
+            if prepared.images is not None:  # the attack reconstructs by itself
+                if prepared.labels is None:
+                    raise ConfigError(f"attack cell: {cell.adaptive} returned images without labels")
+                images_out.append(prepared.images.detach())
+                labels_out.append(prepared.labels)
+                continue
+            if attack is None:
+                raise ConfigError(f"attack cell: {cell.adaptive} needs a base attack to invert its gradient")
+            update = {"mute_mask": prepared.mute_mask, **prepared.overrides}
+            tuned = Attack(attack.config.model_copy(update=update))
+            result = tuned.reconstruct(model, prepared.gradient, dataset.image_shape, batch, labels=y,
+                                       generator=generator)
+            images_out.append(result.images.detach())
+            labels_out.append(result.labels.detach())
+    images = torch.cat(images_out)
     scores = score_reconstruction(images, truth)
-    floor = score_reconstruction(dataset.x_train.mean(0, keepdim=True).expand_as(truth), truth, matched=False)
-    return {
+    each = {"psnr": torch.zeros(len(index)), "ssim": torch.zeros(len(index))}  # by target, after matching
+    each["psnr"][scores.truth_index] = scores.psnr
+    each["ssim"][scores.truth_index] = scores.ssim
+    guessed = floors(dataset, index, truth)
+    mean = lambda values: float(sum(values) / len(values))  # noqa: E731
+    aligned = torch.empty_like(images)
+    aligned[scores.truth_index] = images
+    record = {
         "psnr": scores.psnr.tolist(), "ssim": scores.ssim.tolist(), **scores.summary(),
-        "label_accuracy": label_accuracy(torch.cat([r.labels.detach() for r in results]), labels),
-        "floor_psnr": float(floor.psnr.mean()), "floor_ssim": float(floor.ssim.mean()),
+        "psnr_each": each["psnr"].tolist(), "ssim_each": each["ssim"].tolist(), **guessed,
+        "label_accuracy": label_accuracy(torch.cat(labels_out), labels),
+        "floor_psnr": mean(guessed["floor_psnr_each"]), "floor_ssim": mean(guessed["floor_ssim_each"]),
+        "class_floor_psnr": mean(guessed["class_floor_psnr_each"]),
+        "class_floor_ssim": mean(guessed["class_floor_ssim_each"]),
         "detection": {k: sum(d[k] for d in detection) / len(detection) for k in (detection[0] if detection else {})},
         "truth": encode_images(truth), "reconstruction": encode_images(images), "targets": index,
     }
+    return AttackOutcome(record, truth, aligned, index)
 
 
 def train_cell(cell: TrainCell, data_root: Path | None) -> dict[str, Any]:

@@ -72,8 +72,11 @@ class Plan:
         """Seconds one core spends on ``cell`` (a search: its longest run of probes)."""
         costs = self.costs
         if isinstance(cell, AttackCell):
+            own = costs.adaptive_cell_s.get(cell.adaptive, 0.0) if cell.adaptive else 0.0
+            if cell.attack is None:
+                return own
             config = Attack.from_config(cell.attack, **cell.attack_overrides).config
-            return cell.images * config.iterations * config.restarts * costs.iteration_s(cell.attack)
+            return own + cell.images * config.iterations * config.restarts * costs.iteration_s(cell.attack)
         if isinstance(cell, TrainCell):
             train = cell.train
             steps = train.rounds * max(1, round(train.clients * train.fraction)) * (train.local_steps or 10)
@@ -86,17 +89,19 @@ class Plan:
         return sum(self.estimate_s(t.cell) for t in self.tasks) + sum(self.estimate_s(s.cell) for s in self.searches)
 
 
-def attack_cell_for(profile: Profile, dataset: str, attack: str, defense: str, options: dict[str, Any],
-                 adaptive: str | None = None) -> AttackCell:
+def attack_cell_for(profile: Profile, dataset: str, attack: str | None, defense: str, options: dict[str, Any],
+                    adaptive: str | None = None) -> AttackCell:
     adaptive_options: dict[str, Any] = {}
-    if adaptive is not None and "rounds" in inspect.signature(ADAPTIVE[adaptive]).parameters:
-        adaptive_options = {"rounds": profile.adaptive_rounds}  # attackers that combine several observations
+    if adaptive is not None:
+        if "rounds" in inspect.signature(ADAPTIVE[adaptive]).parameters:
+            adaptive_options = {"rounds": profile.adaptive_rounds}  # attackers that combine several observations
+        adaptive_options.update(profile.adaptive_options.get(adaptive, {}))
     return AttackCell(dataset=dataset, model=profile.model, model_options=profile.attack_model_options,
                       normalised=attack not in profile.unnormalised_attacks, attack=attack,
-                      attack_overrides=profile.attack_overrides.get(attack, {}), adaptive=adaptive,
+                      attack_overrides=profile.attack_overrides.get(attack, {}) if attack else {}, adaptive=adaptive,
                       adaptive_options=adaptive_options, defense=defense, defense_options=options,
                       images=profile.images, batch_size=profile.batch_size, seed=profile.seed,
-                      target_pool=profile.target_pool, public_images=profile.public_images)
+                      target_pool=profile.target_pool, aux_images=profile.aux_images)
 
 
 def train_cell_for(profile: Profile, dataset: str, defense: str, options: dict[str, Any]) -> TrainCell:
@@ -105,9 +110,12 @@ def train_cell_for(profile: Profile, dataset: str, defense: str, options: dict[s
 
 
 def applicable_adaptive(profile: Profile, defense: str) -> list[str]:
-    """The profile's adaptive attacks that apply to ``defense`` (judged on its default configuration)."""
+    """The profile's adaptive attacks that apply to ``defense`` (judged on its default
+    configuration) and can attack the profile's batch size."""
     instance = Defense.from_config(defense)
-    return [name for name in profile.adaptive_names() if ADAPTIVE[name].applies_to(instance)]
+    fits = [name for name in profile.adaptive_names()
+            if ADAPTIVE[name].max_batch_size is None or profile.batch_size <= (ADAPTIVE[name].max_batch_size or 0)]
+    return [name for name in fits if ADAPTIVE[name].applies_to(instance)]
 
 
 def build_plan(profile: Profile) -> Plan:
@@ -149,9 +157,12 @@ def build_plan(profile: Profile) -> Plan:
                     {"dataset": dataset, "attack": attack, "adaptive": None, "defense": defense})
         for defense in defenses:
             for adaptive in applicable_adaptive(profile, defense):
-                for attack in profile.adaptive_base_attacks():
-                    add("attack", attack_cell_for(profile, dataset, attack, defense, options[defense], adaptive),
-                        {"dataset": dataset, "attack": attack, "adaptive": adaptive, "defense": defense})
+                # an attack that reconstructs by itself needs no base attack: one cell
+                bases: list[str | None] = [None] if ADAPTIVE[adaptive].reconstructs else \
+                    list(profile.adaptive_base_attacks())
+                for base in bases:
+                    add("attack", attack_cell_for(profile, dataset, base, defense, options[defense], adaptive),
+                        {"dataset": dataset, "attack": base, "adaptive": adaptive, "defense": defense})
         if dataset in profile.trained_datasets():
             for defense in defenses:
                 if DEFENSES[defense].trains:

@@ -64,6 +64,9 @@ class CostModel(BaseModel):
     client_step_s: float = Field(0.0025, gt=0, description="one local SGD step of one client")
     defense_step_s: dict[str, float] = Field(default_factory=lambda: {"soteria": 1.1},
                                              description="a defense's extra cost per local step")
+    adaptive_cell_s: dict[str, float] = Field(default_factory=lambda: {"lti": 60.0},
+                                              description="an adaptive attack's own cost per cell (training a "
+                                                          "learned inverter)")
 
     def iteration_s(self, attack: str) -> float:
         return self.attack_iteration_s.get(attack, self.default_iteration_s)
@@ -93,7 +96,10 @@ class Profile(BaseModel):
     batch_size: int = Field(1, ge=1, description="images per attacked gradient")
     target_pool: int = Field(4000, ge=1, description="targets are drawn from the first this many training images "
                                                      "(for CIFAR-10, the ones with exact pixels)")
-    public_images: int = Field(64, ge=1, description="test images an adaptive attacker owns (never targets)")
+    aux_images: int = Field(3000, ge=1, description="training images an adaptive attacker owns (never targets; "
+                                                    "the learned inverter trains on them)")
+    adaptive_options: dict[str, dict[str, Any]] = Field(default_factory=dict, description="options per adaptive "
+                                                        "attack (e.g. the learned inverter's size)")
     attack_overrides: dict[str, dict[str, Any]] = Field(default_factory=dict)
     strengths: dict[str, float] = Field(default_factory=dict, description="fixed strengths; other defenses with "
                                                                           "a strength knob are searched")
@@ -157,7 +163,7 @@ class Profile(BaseModel):
         check("defense", self.defense_names() + list(self.strengths) + [self.search.reference], DEFENSES)
         check("attack", self.attack_names() + self.adaptive_base_attacks() + list(self.unnormalised_attacks)
               + list(self.attack_overrides) + [self.search.attack], ATTACKS)
-        check("adaptive attack", self.adaptive_names(), ADAPTIVE)
+        check("adaptive attack", self.adaptive_names() + list(self.adaptive_options), ADAPTIVE)
         fixed = [n for n in self.strengths if DEFENSES[n].strength is None]
         if fixed:
             raise ConfigError(f"profile {self.name!r}: strengths given for {fixed}, which have no strength knob; "
@@ -172,11 +178,14 @@ PROFILES: dict[str, Profile] = {
     "tiny": Profile(  # for the test suite: every code path, almost no optimisation
         name="tiny", datasets=["mnist-sample"], images=1, search=SearchSettings(steps=1), adaptive_rounds=2,
         strengths={"dp-gaussian": 0.1, "dp-laplace": 0.1, "soteria": 0.5, "dpsgd": 1.0},
-        attack_overrides=_tiny_overrides(),
+        attack_overrides=_tiny_overrides(), aux_images=64,
+        adaptive_options={"lti": {"aux_images": 64, "projection": 16, "hidden": 16, "epochs": 1}},
+        costs=CostModel(adaptive_cell_s={"lti": 1.0}),
         train=TrainSettings(clients=2, rounds=2, local_steps=1, batch_size=8, eval_every=1),
     ),
     "quick": Profile(
         name="quick", datasets=["mnist-sample"], images=2, search=SearchSettings(steps=2),
+        adaptive_options={"lti": {"aux_images": 1500, "epochs": 20}}, costs=CostModel(adaptive_cell_s={"lti": 15.0}),
         attack_overrides={"dlg": {"iterations": 100, "restarts": 2}, "gia": {"iterations": 300, "restarts": 1}},
         train=TrainSettings(clients=5, rounds=12, local_steps=5, eval_every=4),
     ),

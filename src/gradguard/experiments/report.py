@@ -22,7 +22,7 @@ from .tables import (
     result,
     security_table,
     strength_table,
-    worst_psnr,
+    worst_cases,
 )
 
 
@@ -37,17 +37,17 @@ def versions() -> dict[str, str]:
 
 
 def utility_points(store: ResultStore, plan: dict[str, Any]) -> list[dict[str, Any]]:
-    """(PSNR of the strongest non-oracle attack, plain or adaptive, ACC) for every trained
-    defense of a reproduction. One attack alone would hide what another finds (DLG fails
-    against every defense at equal privacy, GIA does not; Soteria falls to the muted attack)."""
-    best = worst_psnr(store, plan)
+    """(worst-case PSNR over every non-oracle attack, ACC) for every trained defense of a
+    reproduction. One attack alone would hide what another finds (DLG fails against every
+    defense at equal privacy, GIA does not; Soteria falls to the muted attack)."""
+    worst = worst_cases(store, plan)
     points = []
     for entry in entries(plan, "train"):
         trained = result(store, entry)
         key = (entry["dataset"], entry["defense"])
-        if trained and key in best:
-            points.append({"dataset": entry["dataset"], "defense": entry["defense"], "psnr": best[key][1],
-                           "accuracy": trained["accuracy"]})
+        if trained and key in worst:
+            points.append({"dataset": entry["dataset"], "defense": entry["defense"], "psnr": worst[key].psnr,
+                           "ssim": worst[key].ssim, "accuracy": trained["accuracy"]})
     return points
 
 
