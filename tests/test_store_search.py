@@ -69,3 +69,17 @@ def test_pareto_front_keeps_exactly_the_undominated_points():
               [("private", 5.0, 0.5), ("accurate", 20.0, 0.9), ("balanced", 10.0, 0.8), ("dominated", 12.0, 0.7),
                ("tie", 10.0, 0.8)]]
     assert [p["name"] for p in pareto_front(points)] == ["private", "balanced", "tie", "accurate"]
+
+
+def test_equal_privacy_interpolates_where_the_worst_case_crosses_floor_plus_margin():
+    from gradguard.experiments.sweep import equal_privacy
+
+    points = [{"defense": "d", "option": "sigma", "value": v, "psnr": psnr, "accuracy": acc, "floor_psnr": 10.0}
+              for v, psnr, acc in [(0.01, 20.0, 0.9), (0.1, 13.0, 0.8), (1.0, 9.0, 0.4)]]
+    points += [{"defense": "weak", "option": "p", "value": v, "psnr": 20.0, "accuracy": 0.9, "floor_psnr": 10.0}
+               for v in (1.0, 2.0)]
+    found, weak = equal_privacy(points, margin_db=1.0)
+    assert found["reached"] and found["psnr"] == 11.0
+    assert found["value"] == pytest.approx(10 ** -0.5)  # halfway from 13 to 9 dB, halfway on the log scale
+    assert found["accuracy"] == pytest.approx(0.6)
+    assert not weak["reached"] and weak["value"] == 2.0, "out of reach: the strongest swept setting"

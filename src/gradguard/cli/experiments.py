@@ -154,7 +154,9 @@ def _configure_sweep(p) -> None:
     p.add_argument("--param", action="append", default=[],
                    help="NAME=LOW:HIGH:logN | LOW:HIGH:linN | V1,V2 (one per --defense, in order); without any, "
                         "each defense's registered strength range at 5 log-spaced values")
-    p.add_argument("--attack", default="dlg", help="attack that measures privacy at each point")
+    p.add_argument("--attack", action="append", default=None,
+                   help="plain attack that measures privacy at each point (repeatable); default: the worst case over "
+                        "the profile's attacks and every adaptive attack that applies")
     p.add_argument("--profile", default="quick", help="profile whose attack and training budgets are used")
     _add_run_options(p, "runs/sweep")
 

@@ -99,6 +99,10 @@ def privacy_utility(points: list[dict[str, Any]], path: Path, title: str = "Priv
                         color=colour, label=defense)
         front = pareto_front(here)
         ax.plot([100 * p["accuracy"] for p in front], [p["psnr"] for p in front], "k--", lw=1, label="Pareto front")
+        floors = [p["floor_psnr"] for p in here if "floor_psnr" in p]
+        if floors:
+            ax.axhline(max(floors), color="grey", lw=1, ls=":", label="floor (no-gradient guess)")
+            ax.axhline(max(floors) + 2, color="grey", lw=0.8, ls="-.", label="floor + 2 dB")
         ax.set_title(dataset, fontsize=9)
         ax.set_xlabel("test accuracy (%)  → better utility")
         ax.set_ylabel(f"{ylabel}  ↓ more private")

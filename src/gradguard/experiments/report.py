@@ -79,8 +79,11 @@ def build_report(folder: str | Path) -> Path:
     sweep = store.meta("sweep")
     if sweep:
         tables.append(sweep_table(sweep))
-        images.append(("Privacy-utility curves (sweep)", figures.privacy_utility(
-            sweep["points"], out / "sweep.png", title="Sweep", ylabel=f"{sweep['attack']} PSNR (dB)")))
+        if all("floor_psnr" in p for p in sweep["points"]):
+            tables.append(equal_privacy_table(sweep))
+        images.append(("Privacy-utility frontier (sweep)", figures.privacy_utility(
+            sweep["points"], out / "sweep.png", title=f"Frontier: {sweep['attack']} PSNR against ACC",
+            ylabel=f"{sweep['attack']} PSNR (dB)")))
     if not tables:
         raise GradguardError(f"report: the store in {folder} holds no finished reproduction or sweep yet")
     for index, table in enumerate(tables):
@@ -92,9 +95,27 @@ def build_report(folder: str | Path) -> Path:
 
 
 def sweep_table(sweep: dict[str, Any]) -> Table:
-    rows = [[p["dataset"], p["defense"], f"{p['option']}={p['value']:.4g}", f"{p['psnr']:.2f}", f"{p['ssim']:.3f}",
+    rows = [[p["dataset"], p["defense"], f"{p['option']}={p['value']:.4g}",
+             f"{p['psnr']:.2f} ({p.get('psnr_attack', sweep['attack'])})",
+             f"{p['ssim']:.3f} ({p.get('ssim_attack', sweep['attack'])})",
+             f"{p['floor_psnr']:.2f} / {p['floor_ssim']:.3f}" if "floor_psnr" in p else "-",
              f"{100 * p['accuracy']:.2f}%"] for p in sweep["points"]]
-    return Table(f"Sweep under {sweep['attack']}", ["dataset", "defense", "setting", "PSNR (dB)", "SSIM", "ACC"], rows)
+    return Table(f"Privacy-utility frontier ({sweep['attack']}): PSNR and SSIM per strength, against the floor",
+                 ["dataset", "defense", "setting", "PSNR (dB, strongest attack)", "SSIM (strongest attack)",
+                  "floor PSNR / SSIM", "ACC"], rows)
+
+
+def equal_privacy_table(sweep: dict[str, Any], margin_db: float = 1.0) -> Table:
+    """ACC of each swept defense where its worst case reaches the floor + ``margin_db``."""
+    from .sweep import equal_privacy
+
+    rows = []
+    for row in equal_privacy(sweep["points"], margin_db):
+        where = f"{row['option']}={row['value']:.4g}" + ("" if row["reached"] else " (not reached: strongest swept)")
+        rows.append([row["defense"], where, f"{row['psnr']:.2f} dB (goal {row['goal_psnr']:.2f})",
+                     f"{100 * row['accuracy']:.2f}%"])
+    return Table(f"Accuracy at equal worst-case privacy (PSNR = floor + {margin_db:g} dB)",
+                 ["defense", "strength", "worst-case PSNR", "ACC"], rows)
 
 
 def _html_table(table: Table) -> str:

@@ -5,11 +5,13 @@ from __future__ import annotations
 import math
 from typing import Any
 
+from ..attacks import ADAPTIVE
 from ..defenses import DEFENSES
 from ..errors import ConfigError
-from .plan import Plan, Task, attack_cell_for, train_cell_for
+from .plan import Plan, Task, applicable_adaptive, attack_cell_for, train_cell_for
 from .profiles import Profile
 from .runner import CellRunner
+from .tables import worst_case
 
 
 def parse_values(spec: str) -> tuple[str, list[float]]:
@@ -49,38 +51,88 @@ def default_spec(defense: str, points: int = 5) -> str:
     return f"{knob.option}={knob.low * knob.scale:g}:{knob.high * knob.scale:g}:log{points}"
 
 
-def sweep_plan(profile: Profile, dataset: str, attack: str, curves: list[tuple[str, str]]) -> tuple[Plan, list]:
-    """One attack and one training task per (defense, value); returns the plan and the points' settings."""
+def sweep_plan(profile: Profile, dataset: str, attacks: list[str] | None,
+               curves: list[tuple[str, str]]) -> tuple[Plan, list]:
+    """Per (defense, value): one attack task per attack of the worst case (the given ``attacks``,
+    or the profile's plain attacks and every adaptive attack that applies) and one training task;
+    returns the plan and the points' settings."""
     settings = [(defense, option, value) for defense, spec in curves
                 for option, values in [parse_values(spec)] for value in values]
     plan = Plan(costs=profile.costs)
     for defense, option, value in settings:
         labels = {"dataset": dataset, "defense": defense, "option": option, "value": value}
-        plan.tasks.append(Task(f"{defense}/{option}={value}/attack", "attack",
-                               attack_cell_for(profile, dataset, attack, defense, {option: value}),
-                               {**labels, "attack": attack, "adaptive": None}))
+        for attack, adaptive in _attack_set(profile, defense, attacks):
+            plan.tasks.append(Task(f"{defense}/{option}={value}/{adaptive}/{attack}/attack", "attack",
+                                   attack_cell_for(profile, dataset, attack, defense, {option: value}, adaptive),
+                                   {**labels, "attack": attack, "adaptive": adaptive}))
         plan.tasks.append(Task(f"{defense}/{option}={value}/train", "train",
                                train_cell_for(profile, dataset, defense, {option: value}), labels))
     return plan, settings
 
 
-def sweep(runner: CellRunner, profile: Profile, dataset: str, attack: str,
+def _attack_set(profile: Profile, defense: str, attacks: list[str] | None) -> list[tuple[str | None, str | None]]:
+    """(attack, adaptive) pairs measuring a point: the given plain attacks alone, or the worst-case set."""
+    if attacks is not None:
+        return [(attack, None) for attack in attacks]
+    pairs: list[tuple[str | None, str | None]] = [(attack, None) for attack in profile.attack_names()]
+    for adaptive in applicable_adaptive(profile, defense):
+        if ADAPTIVE[adaptive].oracle:
+            continue  # an upper bound that assumes a leak, never part of a defense's privacy
+        bases = [None] if ADAPTIVE[adaptive].reconstructs else profile.adaptive_base_attacks()
+        pairs += [(base, adaptive) for base in bases]
+    return pairs
+
+
+def sweep(runner: CellRunner, profile: Profile, dataset: str, attacks: list[str] | None,
           curves: list[tuple[str, str]]) -> dict[str, Any]:
-    """For each (defense, param spec), attack and train at every value; the points go to the store."""
-    plan, settings = sweep_plan(profile, dataset, attack, curves)
+    """For each (defense, param spec), attack (worst case over the attack set) and train at every
+    value; the points go to the store."""
+    plan, settings = sweep_plan(profile, dataset, attacks, curves)
     resolved = runner.run(plan)["tasks"]
-    by_setting: dict[tuple, dict[str, Any]] = {}
+    attacked: dict[tuple, list[tuple[dict, dict]]] = {}
+    trained: dict[tuple, dict[str, Any]] = {}
     for entry in resolved:
         found = runner.store.get(entry["key"])
         assert found is not None
-        by_setting.setdefault((entry["defense"], entry["option"], entry["value"]), {})[entry["role"]] = found.result
+        point = (entry["defense"], entry["option"], entry["value"])
+        if entry["role"] == "train":
+            trained[point] = found.result
+        else:
+            attacked.setdefault(point, []).append((entry, found.result))
     points = []
     for defense, option, value in settings:
-        got = by_setting[(defense, option, value)]
+        worst = worst_case(attacked[(defense, option, value)])
+        assert worst is not None
         points.append({"dataset": dataset, "defense": defense, "option": option, "value": value, "strength": value,
-                       "psnr": got["attack"]["psnr_mean"], "ssim": got["attack"]["ssim_mean"],
-                       "accuracy": got["train"]["accuracy"]})
-    result = {"attack": attack, "points": points,
-              "config": {"dataset": dataset, "curves": curves, "profile": profile.model_dump(mode="json")}}
+                       "psnr": worst.psnr, "ssim": worst.ssim, "psnr_attack": worst.psnr_attack,
+                       "ssim_attack": worst.ssim_attack, "floor_psnr": worst.floor_psnr,
+                       "floor_ssim": worst.floor_ssim, "label_accuracy": worst.label_accuracy,
+                       "accuracy": trained[(defense, option, value)]["accuracy"]})
+    result = {"attack": "worst case" if attacks is None else ", ".join(attacks), "points": points,
+              "config": {"dataset": dataset, "curves": curves, "attacks": attacks,
+                         "profile": profile.model_dump(mode="json")}}
     runner.store.set_meta("sweep", result)
     return result
+
+
+def equal_privacy(points: list[dict[str, Any]], margin_db: float = 1.0) -> list[dict[str, Any]]:
+    """Per defense of a sweep: the accuracy where its worst-case PSNR reaches the floor +
+    ``margin_db``, interpolated between the two swept strengths around that crossing (log scale
+    in the strength, linear in PSNR and accuracy). ``reached`` is False when no swept strength
+    gets there (the accuracy is then that of the strongest setting, the most private one)."""
+    rows = []
+    for defense in dict.fromkeys(p["defense"] for p in points):
+        series = sorted((p for p in points if p["defense"] == defense), key=lambda p: p["value"])
+        goal = series[0]["floor_psnr"] + margin_db
+        row = {"defense": defense, "option": series[0]["option"], "goal_psnr": goal, "reached": False,
+               "value": series[-1]["value"], "accuracy": series[-1]["accuracy"], "psnr": series[-1]["psnr"]}
+        if series[0]["psnr"] <= goal:  # already the weakest swept setting is private enough
+            row.update(reached=True, value=series[0]["value"], psnr=series[0]["psnr"], accuracy=series[0]["accuracy"])
+        for weak, strong in zip(series, series[1:]):
+            if not row["reached"] and weak["psnr"] > goal >= strong["psnr"]:
+                t = (weak["psnr"] - goal) / (weak["psnr"] - strong["psnr"])
+                lo, hi = math.log(max(weak["value"], 1e-300)), math.log(max(strong["value"], 1e-300))
+                row.update(reached=True, value=math.exp(lo + t * (hi - lo)), psnr=goal,
+                           accuracy=weak["accuracy"] + t * (strong["accuracy"] - weak["accuracy"]))
+        rows.append(row)
+    return rows
