@@ -19,7 +19,8 @@ from pathlib import Path
 
 import pytest
 
-pytestmark = pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="reads the process table from /proc")
+pytestmark = [pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="reads the process table from /proc"),
+              pytest.mark.slow]  # 10-20 s: two workers import torch before the run is killed
 
 TICKS = os.sysconf("SC_CLK_TCK")
 START_DEADLINE_S = 300  # two workers importing torch on a loaded 2-core machine
