@@ -8,7 +8,7 @@ SRC = str(Path(__file__).resolve().parents[1] / "src")
 
 
 def _run(code: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
+    return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=600,
                           env={"PYTHONPATH": SRC, "PATH": ""})
 
 
