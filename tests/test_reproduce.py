@@ -79,7 +79,7 @@ def test_a_defense_registered_elsewhere_appears_in_the_tables_and_the_search(tmp
     monkeypatch.setitem(DEFENSES, _Scaled.name, _Scaled)  # what @register does, undone after the test
     profile = SMALL.model_copy(update={"defenses": None, "attacks": ["dlg"], "adaptive": [],
                                        "strengths": {"gc": 0.5, "dp-gaussian": 0.1, "dp-laplace": 0.1,
-                                                     "soteria": 0.5, "dpsgd": 1.0}})
+                                                     "soteria": 0.5, "dpsgd": 1.0, "graddefense": 0.1}})
     plan = build_plan(profile)
     assert [s.defense for s in plan.searches] == ["test-scaled"], "its strength knob makes it searched"
     with CellRunner(ResultStore(tmp_path)) as runner:
@@ -138,7 +138,7 @@ def test_worker_processes_give_the_tables_of_an_inline_run(tmp_path):
     with CellRunner(ResultStore(tmp_path / "workers"), jobs=2) as runner:
         reproduce(runner, SMALL)
     assert len(runner.computed) == len(set(runner.computed)) == len(runner.store.cells())
-    assert len(runner.store.cells("search")) == 1, "gc's search"
+    assert len(runner.store.cells("search")) == 2, "gc's and graddefense's searches to the floor"
     assert _tables_without_time(tmp_path / "inline") == _tables_without_time(tmp_path / "workers")
 
 

@@ -41,7 +41,7 @@ from ..rng import make_generator, seeded_global_rng
 #: Version of the cell format (fields and key derivation). Bump it with :data:`SCHEMA_FINGERPRINT`.
 STORE_VERSION = 2
 #: sha256 prefix of the cell classes' JSON schemas at :data:`STORE_VERSION` (see :func:`schema_fingerprint`).
-SCHEMA_FINGERPRINT = "4038952cab05e9e7"
+SCHEMA_FINGERPRINT = "0432e8b449fcb911"
 
 
 class TrainSettings(BaseModel):
@@ -137,25 +137,31 @@ class TrainCell(Cell):
 
 
 class SearchCell(Cell):
-    """The weakest strength of ``probe.defense`` whose attack PSNR is at most the ``reference``
-    attack's PSNR + ``tolerance_db``: a log-bisection over ``strength`` with ``steps`` probes
-    after the two bounds (each probe is the ``probe`` cell with the defense's option set)."""
+    """The weakest strength of the probes' defense whose privacy reaches a target: a
+    log-bisection over ``strength`` with ``steps`` probes after the two bounds. A probe is every
+    cell of ``probes`` with the defense's option set, and its PSNR is the worst case over them
+    (per target, the best attack). The target is the ``reference`` cells' worst-case PSNR +
+    ``tolerance_db`` or, without a reference, the better no-gradient floor + ``tolerance_db``."""
 
     kind: ClassVar[str] = "search"
 
-    reference: AttackCell
-    probe: AttackCell
+    reference: list[AttackCell] | None
+    probes: list[AttackCell] = Field(min_length=1)
     strength: Strength
     steps: int = Field(ge=0)
     tolerance_db: float = Field(ge=0)
 
-    def at(self, strength: float) -> AttackCell:
-        return self.probe.model_copy(update={"defense_options": self.strength.options(strength)})
+    def at(self, strength: float) -> list[AttackCell]:
+        options = self.strength.options(strength)
+        return [probe.model_copy(update={"defense_options": options}) for probe in self.probes]
 
     def describe(self) -> str:
-        return (f"{self.probe.dataset}: search {self.probe.defense} {self.strength.option} in "
-                f"[{self.strength.low:g}, {self.strength.high:g}] x{self.strength.scale:g} against "
-                f"{self.reference.defense} under {self.probe.attack}")
+        probe = self.probes[0]
+        target = f"{self.reference[0].defense}'s PSNR" if self.reference else "the floor"
+        attacks = "the worst case" if len(self.probes) > 1 else probe.label()
+        return (f"{probe.dataset}: search {probe.defense} {self.strength.option} in "
+                f"[{self.strength.low:g}, {self.strength.high:g}] x{self.strength.scale:g} for {target} "
+                f"+ {self.tolerance_db:g} dB under {attacks}")
 
 
 CELL_TYPES: dict[str, type[Cell]] = {cls.kind: cls for cls in (AttackCell, TrainCell, SearchCell)}

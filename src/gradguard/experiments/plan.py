@@ -82,7 +82,7 @@ class Plan:
             steps = train.rounds * max(1, round(train.clients * train.fraction)) * (train.local_steps or 10)
             return steps * (costs.client_step_s + costs.defense_step_s.get(cell.defense, 0.0))
         if isinstance(cell, SearchCell):
-            return (cell.steps + 2) * self.estimate_s(cell.probe)
+            return (cell.steps + 2) * sum(self.estimate_s(probe) for probe in cell.probes)
         raise TypeError(type(cell).__name__)
 
     def estimate_total_s(self) -> float:
@@ -118,12 +118,27 @@ def applicable_adaptive(profile: Profile, defense: str) -> list[str]:
     return [name for name in fits if ADAPTIVE[name].applies_to(instance)]
 
 
+def worst_case_attacks(profile: Profile, defense: str) -> list[tuple[str | None, str | None]]:
+    """(attack, adaptive) pairs whose worst case is a defense's privacy: every plain attack of
+    the profile and every non-oracle adaptive attack that applies (with each base attack, or
+    alone when it reconstructs by itself)."""
+    pairs: list[tuple[str | None, str | None]] = [(attack, None) for attack in profile.attack_names()]
+    for adaptive in applicable_adaptive(profile, defense):
+        if ADAPTIVE[adaptive].oracle:
+            continue  # an upper bound that assumes a leak, never part of a defense's privacy
+        bases: list[str | None] = [None] if ADAPTIVE[adaptive].reconstructs else \
+            list(profile.adaptive_base_attacks())
+        pairs += [(base, adaptive) for base in bases]
+    return pairs
+
+
 def build_plan(profile: Profile) -> Plan:
     """Every task and search of ``profile``, in table order (dataset, attack, defense)."""
     profile.check_names()
     plan = Plan(costs=profile.costs)
     defenses = profile.defense_names()
-    reference = profile.search.reference
+    search = profile.search
+    reference = search.reference if search.target == "reference" else None
     for dataset in profile.datasets:
         # how each defense's options are set: as configured, fixed by the profile, or searched
         options: dict[str, dict[str, Any]] = {}
@@ -140,11 +155,16 @@ def build_plan(profile: Profile) -> Plan:
                 options[defense] = {}  # a placeholder until the search ends
                 search_id = f"{dataset}/{defense}"
                 searched[defense] = search_id
-                target = attack_cell_for(profile, dataset, profile.search.attack, reference, {})
-                probe = attack_cell_for(profile, dataset, profile.search.attack, defense, {})
+                if reference is not None:
+                    target = [attack_cell_for(profile, dataset, search.attack, reference, {})]
+                    probes = [attack_cell_for(profile, dataset, search.attack, defense, {})]
+                else:
+                    target = None
+                    probes = [attack_cell_for(profile, dataset, attack, defense, {}, adaptive)
+                              for attack, adaptive in worst_case_attacks(profile, defense)]
                 plan.searches.append(Search(search_id, dataset, defense, SearchCell(
-                    reference=target, probe=probe, strength=knob, steps=profile.search.steps,
-                    tolerance_db=profile.search.tolerance_db)))
+                    reference=target, probes=probes, strength=knob, steps=search.steps,
+                    tolerance_db=search.tolerance_db)))
 
         def add(role: Role, cell: AttackCell | TrainCell, labels: dict[str, Any],
                 searched: dict[str, str] = searched) -> None:

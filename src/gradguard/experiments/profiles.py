@@ -18,7 +18,7 @@ from __future__ import annotations
 import json
 import tomllib
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
@@ -30,15 +30,20 @@ __all__ = ["PROFILES", "CostModel", "Profile", "SearchSettings", "TrainSettings"
 
 
 class SearchSettings(BaseModel):
-    """How a defense with a strength knob is set to equal privacy with the reference defense."""
+    """How a defense with a strength knob is set to equal privacy: its weakest strength whose
+    worst-case PSNR (over every plain and non-oracle adaptive attack of the profile) is at most
+    the better no-gradient floor + ``tolerance_db`` (``target="floor"``), or at most the
+    ``reference`` defense's PSNR under ``attack`` + ``tolerance_db`` (``target="reference"``,
+    the paper's comparison, one attack)."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    attack: str = Field("dlg", description="the attack whose PSNR is matched")
-    reference: str = Field("graddefense", description="the defense whose PSNR under that attack is the target "
-                                                      "(run as configured, never searched)")
+    target: Literal["floor", "reference"] = Field("floor", description="what the searched PSNR must reach")
+    attack: str = Field("dlg", description="with target='reference': the attack whose PSNR is matched")
+    reference: str = Field("graddefense", description="with target='reference': the defense whose PSNR under that "
+                                                      "attack is the target (run as configured, never searched)")
     steps: int = Field(4, ge=0, description="bisection probes after the two bounds of the strength range")
-    tolerance_db: float = Field(0.5, ge=0, description="a strength matches when its PSNR <= target + this")
+    tolerance_db: float = Field(1.0, ge=0, description="a strength matches when its PSNR <= target + this")
 
 
 class Verdict(BaseModel):

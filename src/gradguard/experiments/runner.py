@@ -9,6 +9,7 @@ driver alone writes the store.
 
 from __future__ import annotations
 
+import functools
 import heapq
 import itertools
 import os
@@ -25,6 +26,7 @@ from .cells import AttackCell, Cell, TrainCell
 from .plan import Plan, Task
 from .search import SearchResult, bisection
 from .store import ResultStore
+from .tables import WorstCase, worst_case
 
 
 def _compute(cell: Cell, data_root: str | None, threads: int) -> tuple[dict[str, Any], float]:
@@ -169,11 +171,10 @@ class _Run:
             self.finish_search(search, stored.result, cached=True)
             return
 
-        def with_reference(reference: dict[str, Any]) -> None:
+        def with_target(target: float) -> None:
             steps: Generator[float, float, SearchResult] = bisection(
-                reference["psnr_mean"], spec.strength.low, spec.strength.high, steps=spec.steps,
-                tolerance_db=spec.tolerance_db)
-            advance(steps, None, reference["psnr_mean"])
+                target, spec.strength.low, spec.strength.high, steps=spec.steps, tolerance_db=spec.tolerance_db)
+            advance(steps, None, target)
 
         def advance(steps, psnr: float | None, target: float) -> None:
             try:
@@ -182,13 +183,34 @@ class _Run:
                 found: SearchResult = end.value
                 result = {"options": spec.strength.options(found.strength), "strength": found.strength,
                           "method": "search", "met": found.met, "psnr": found.psnr, "target_psnr": target,
-                          "tried": found.tried}
+                          "target": "reference" if spec.reference else "floor", "tried": found.tried}
                 self.runner._store(spec, result, 0.0)
                 self.finish_search(search, result, cached=False)
                 return
-            self.request(spec.at(strength), _PROBE, lambda r: advance(steps, r["psnr_mean"], target))
+            self.request_all(spec.at(strength), lambda worst: advance(steps, worst.psnr, target))
 
-        self.request(spec.reference, _PROBE, with_reference)
+        if spec.reference is not None:
+            self.request_all(spec.reference, lambda worst: with_target(worst.psnr))
+        else:  # the first probe's floors are the same for every probe: the floor is the target
+            def from_floor(worst: WorstCase) -> None:
+                with_target(worst.floor_psnr)
+
+            self.request_all(spec.at(spec.strength.low), from_floor)
+
+    def request_all(self, cells: list[AttackCell], then: Callable[[WorstCase], None]) -> None:
+        """Call ``then(worst case)`` once every cell of ``cells`` (the same targets) is finished."""
+        results: dict[int, dict[str, Any]] = {}
+
+        def collect(i: int, result: dict[str, Any]) -> None:
+            results[i] = result
+            if len(results) == len(cells):
+                worst = worst_case([({"adaptive": c.adaptive, "attack": c.attack}, results[k])
+                                    for k, c in enumerate(cells)])
+                assert worst is not None
+                then(worst)
+
+        for i, cell in enumerate(cells):
+            self.request(cell, _PROBE, functools.partial(collect, i))
 
     def finish_search(self, search, result: dict[str, Any], cached: bool) -> None:
         self.strengths[search.id] = result

@@ -5,13 +5,44 @@ from __future__ import annotations
 import math
 from typing import Any
 
-from ..attacks import ADAPTIVE
 from ..defenses import DEFENSES
 from ..errors import ConfigError
-from .plan import Plan, Task, applicable_adaptive, attack_cell_for, train_cell_for
+from .plan import Plan, Task, attack_cell_for, train_cell_for, worst_case_attacks
 from .profiles import Profile
 from .runner import CellRunner
 from .tables import worst_case
+
+
+def parse_curve(spec: str) -> tuple[str, list[float], dict[str, Any]]:
+    """``sigma=1e-3:1:log5;clip=1;allocation=risk``: the swept option and its values (as
+    :func:`parse_values`), then options held fixed along the curve."""
+    swept, *rest = [part.strip() for part in spec.split(";")]
+    name, values = parse_values(swept)
+    fixed: dict[str, Any] = {}
+    for pair in filter(None, rest):
+        key, sep, text = pair.partition("=")
+        if not sep or not key:
+            raise ConfigError(f"param: expected KEY=VALUE after ';', got {pair!r} in {spec!r}")
+        fixed[key.strip().replace("-", "_")] = _value(text.strip())
+    return name, values, fixed
+
+
+def _value(text: str) -> Any:
+    """A fixed option's value: a number, true/false, none, or the text itself."""
+    lowered = text.lower()
+    if lowered in ("true", "false"):
+        return lowered == "true"
+    if lowered in ("none", "null"):
+        return None
+    for kind in (int, float):
+        try:
+            value = kind(text)
+        except ValueError:
+            continue
+        if isinstance(value, float) and not math.isfinite(value):
+            raise ConfigError(f"param: {text!r} is not a finite number")
+        return value
+    return text
 
 
 def parse_values(spec: str) -> tuple[str, list[float]]:
@@ -56,17 +87,21 @@ def sweep_plan(profile: Profile, dataset: str, attacks: list[str] | None,
     """Per (defense, value): one attack task per attack of the worst case (the given ``attacks``,
     or the profile's plain attacks and every adaptive attack that applies) and one training task;
     returns the plan and the points' settings."""
-    settings = [(defense, option, value) for defense, spec in curves
-                for option, values in [parse_values(spec)] for value in values]
+    settings = []
+    for defense, spec in curves:
+        option, values, fixed = parse_curve(spec)
+        curve = defense + (" (" + ", ".join(f"{k}={v}" for k, v in fixed.items()) + ")" if fixed else "")
+        settings += [(curve, defense, option, value, fixed) for value in values]
     plan = Plan(costs=profile.costs)
-    for defense, option, value in settings:
-        labels = {"dataset": dataset, "defense": defense, "option": option, "value": value}
+    for curve, defense, option, value, fixed in settings:
+        options = {**fixed, option: value}
+        labels = {"dataset": dataset, "defense": defense, "curve": curve, "option": option, "value": value}
         for attack, adaptive in _attack_set(profile, defense, attacks):
-            plan.tasks.append(Task(f"{defense}/{option}={value}/{adaptive}/{attack}/attack", "attack",
-                                   attack_cell_for(profile, dataset, attack, defense, {option: value}, adaptive),
+            plan.tasks.append(Task(f"{curve}/{option}={value}/{adaptive}/{attack}/attack", "attack",
+                                   attack_cell_for(profile, dataset, attack, defense, options, adaptive),
                                    {**labels, "attack": attack, "adaptive": adaptive}))
-        plan.tasks.append(Task(f"{defense}/{option}={value}/train", "train",
-                               train_cell_for(profile, dataset, defense, {option: value}), labels))
+        plan.tasks.append(Task(f"{curve}/{option}={value}/train", "train",
+                               train_cell_for(profile, dataset, defense, options), labels))
     return plan, settings
 
 
@@ -74,13 +109,7 @@ def _attack_set(profile: Profile, defense: str, attacks: list[str] | None) -> li
     """(attack, adaptive) pairs measuring a point: the given plain attacks alone, or the worst-case set."""
     if attacks is not None:
         return [(attack, None) for attack in attacks]
-    pairs: list[tuple[str | None, str | None]] = [(attack, None) for attack in profile.attack_names()]
-    for adaptive in applicable_adaptive(profile, defense):
-        if ADAPTIVE[adaptive].oracle:
-            continue  # an upper bound that assumes a leak, never part of a defense's privacy
-        bases = [None] if ADAPTIVE[adaptive].reconstructs else profile.adaptive_base_attacks()
-        pairs += [(base, adaptive) for base in bases]
-    return pairs
+    return worst_case_attacks(profile, defense)
 
 
 def sweep(runner: CellRunner, profile: Profile, dataset: str, attacks: list[str] | None,
@@ -94,20 +123,20 @@ def sweep(runner: CellRunner, profile: Profile, dataset: str, attacks: list[str]
     for entry in resolved:
         found = runner.store.get(entry["key"])
         assert found is not None
-        point = (entry["defense"], entry["option"], entry["value"])
+        point = (entry["curve"], entry["option"], entry["value"])
         if entry["role"] == "train":
             trained[point] = found.result
         else:
             attacked.setdefault(point, []).append((entry, found.result))
     points = []
-    for defense, option, value in settings:
-        worst = worst_case(attacked[(defense, option, value)])
+    for curve, _, option, value, _ in settings:
+        worst = worst_case(attacked[(curve, option, value)])
         assert worst is not None
-        points.append({"dataset": dataset, "defense": defense, "option": option, "value": value, "strength": value,
+        points.append({"dataset": dataset, "defense": curve, "option": option, "value": value, "strength": value,
                        "psnr": worst.psnr, "ssim": worst.ssim, "psnr_attack": worst.psnr_attack,
                        "ssim_attack": worst.ssim_attack, "floor_psnr": worst.floor_psnr,
                        "floor_ssim": worst.floor_ssim, "label_accuracy": worst.label_accuracy,
-                       "accuracy": trained[(defense, option, value)]["accuracy"]})
+                       "accuracy": trained[(curve, option, value)]["accuracy"]})
     result = {"attack": "worst case" if attacks is None else ", ".join(attacks), "points": points,
               "config": {"dataset": dataset, "curves": curves, "attacks": attacks,
                          "profile": profile.model_dump(mode="json")}}
