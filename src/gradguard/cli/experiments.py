@@ -152,8 +152,9 @@ def _configure_sweep(p) -> None:
     p.add_argument("--dataset", default="mnist-sample", help="dataset name or npz:PATH")
     p.add_argument("--defense", action="append", required=True, help="defense to sweep (repeat for several)")
     p.add_argument("--param", action="append", default=[],
-                   help="NAME=LOW:HIGH:logN | LOW:HIGH:linN | V1,V2 (one per --defense, in order); without any, "
-                        "each defense's registered strength range at 5 log-spaced values")
+                   help="NAME=LOW:HIGH:logN | LOW:HIGH:linN | V1,V2, then ;KEY=VALUE for options held fixed (one "
+                        "per --defense, in order); without any, each defense's registered strength range at 5 "
+                        "log-spaced values")
     p.add_argument("--attack", action="append", default=None,
                    help="plain attack that measures privacy at each point (repeatable); default: the worst case over "
                         "the profile's attacks and every adaptive attack that applies")
