@@ -272,3 +272,14 @@ def test_sweep_without_param_covers_the_registered_strength_range(tmp_path):
     assert points[0]["value"] == pytest.approx(knob.low * knob.scale)
     assert points[-1]["value"] == pytest.approx(knob.high * knob.scale)
     assert torch.tensor([p["value"] for p in points]).diff().gt(0).all()
+
+
+def test_fixed_defense_options_hold_under_the_strength_knob():
+    profile = SMALL.model_copy(update={"defenses": ["none", "dp-gaussian", "gc"], "strengths": {"gc": 0.9},
+                                       "defense_options": {"dp-gaussian": {"clip": 1.0}}})
+    plan = build_plan(profile)
+    (search,) = plan.searches
+    assert search.defense == "dp-gaussian"
+    assert all(c.defense_options == {"clip": 1.0, "sigma": 0.5} for c in search.cell.at(0.5))
+    assert search.cell.options_at(0.5) == {"clip": 1.0, "sigma": 0.5}, "what the searched cells will run with"
+    assert plan.fixed["mnist-sample/gc"]["options"] == {"percentile": 90.0}

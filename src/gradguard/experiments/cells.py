@@ -151,8 +151,12 @@ class SearchCell(Cell):
     steps: int = Field(ge=0)
     tolerance_db: float = Field(ge=0)
 
+    def options_at(self, strength: float) -> dict[str, Any]:
+        """The defense's options at ``strength``: the probes' fixed options and the knob's."""
+        return {**self.probes[0].defense_options, **self.strength.options(strength)}
+
     def at(self, strength: float) -> list[AttackCell]:
-        options = self.strength.options(strength)
+        options = self.options_at(strength)
         return [probe.model_copy(update={"defense_options": options}) for probe in self.probes]
 
     def describe(self) -> str:

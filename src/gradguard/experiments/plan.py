@@ -145,22 +145,24 @@ def build_plan(profile: Profile) -> Plan:
         searched: dict[str, str] = {}
         for defense in defenses:
             knob = DEFENSES[defense].strength
+            base = dict(profile.defense_options.get(defense, {}))
             if knob is None or defense == reference:
-                options[defense] = {}
+                options[defense] = base
             elif defense in profile.strengths:
-                options[defense] = knob.options(profile.strengths[defense])
+                options[defense] = {**base, **knob.options(profile.strengths[defense])}
                 plan.fixed[f"{dataset}/{defense}"] = {"options": options[defense],
                                                       "strength": profile.strengths[defense], "method": "profile"}
             else:
-                options[defense] = {}  # a placeholder until the search ends
+                options[defense] = base  # the fixed part; the search adds the strength
                 search_id = f"{dataset}/{defense}"
                 searched[defense] = search_id
                 if reference is not None:
-                    target = [attack_cell_for(profile, dataset, search.attack, reference, {})]
-                    probes = [attack_cell_for(profile, dataset, search.attack, defense, {})]
+                    reference_options = dict(profile.defense_options.get(reference, {}))
+                    target = [attack_cell_for(profile, dataset, search.attack, reference, reference_options)]
+                    probes = [attack_cell_for(profile, dataset, search.attack, defense, base)]
                 else:
                     target = None
-                    probes = [attack_cell_for(profile, dataset, attack, defense, {}, adaptive)
+                    probes = [attack_cell_for(profile, dataset, attack, defense, base, adaptive)
                               for attack, adaptive in worst_case_attacks(profile, defense)]
                 plan.searches.append(Search(search_id, dataset, defense, SearchCell(
                     reference=target, probes=probes, strength=knob, steps=search.steps,
@@ -180,9 +182,10 @@ def build_plan(profile: Profile) -> Plan:
                 # an attack that reconstructs by itself needs no base attack: one cell
                 bases: list[str | None] = [None] if ADAPTIVE[adaptive].reconstructs else \
                     list(profile.adaptive_base_attacks())
-                for base in bases:
-                    add("attack", attack_cell_for(profile, dataset, base, defense, options[defense], adaptive),
-                        {"dataset": dataset, "attack": base, "adaptive": adaptive, "defense": defense})
+                for base_attack in bases:
+                    cell = attack_cell_for(profile, dataset, base_attack, defense, options[defense], adaptive)
+                    add("attack", cell, {"dataset": dataset, "attack": base_attack, "adaptive": adaptive,
+                                         "defense": defense})
         if dataset in profile.trained_datasets():
             for defense in defenses:
                 if DEFENSES[defense].trains:

@@ -108,6 +108,9 @@ class Profile(BaseModel):
     attack_overrides: dict[str, dict[str, Any]] = Field(default_factory=dict)
     strengths: dict[str, float] = Field(default_factory=dict, description="fixed strengths; other defenses with "
                                                                           "a strength knob are searched")
+    defense_options: dict[str, dict[str, Any]] = Field(default_factory=dict, description="options held fixed per "
+                                                       "defense (e.g. clip for the relative mode); the strength knob "
+                                                       "is set on top")
     search: SearchSettings = Field(default_factory=SearchSettings)
     verdict: Verdict = Field(default_factory=Verdict)
     train: TrainSettings = Field(default_factory=TrainSettings)
@@ -165,7 +168,8 @@ class Profile(BaseModel):
             if unknown:
                 raise ConfigError(f"profile {self.name!r}: unknown {what} {unknown}; choose from {list(registry)}")
 
-        check("defense", self.defense_names() + list(self.strengths) + [self.search.reference], DEFENSES)
+        check("defense", self.defense_names() + list(self.strengths) + list(self.defense_options)
+              + [self.search.reference], DEFENSES)
         check("attack", self.attack_names() + self.adaptive_base_attacks() + list(self.unnormalised_attacks)
               + list(self.attack_overrides) + [self.search.attack], ATTACKS)
         check("adaptive attack", self.adaptive_names() + list(self.adaptive_options), ADAPTIVE)

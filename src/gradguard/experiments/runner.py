@@ -181,7 +181,7 @@ class _Run:
                 strength = next(steps) if psnr is None else steps.send(psnr)
             except StopIteration as end:
                 found: SearchResult = end.value
-                result = {"options": spec.strength.options(found.strength), "strength": found.strength,
+                result = {"options": spec.options_at(found.strength), "strength": found.strength,
                           "method": "search", "met": found.met, "psnr": found.psnr, "target_psnr": target,
                           "target": "reference" if spec.reference else "floor", "tried": found.tried}
                 self.runner._store(spec, result, 0.0)
