@@ -21,7 +21,8 @@ def seeded(seed):
 
 
 def uniform_defense(**options):
-    return GradDefense(sensitivity="uniform", memoize=False, **options)
+    """Equal-size slices, fresh noise, absolute sigma unless the test sets clip."""
+    return GradDefense(**{"sensitivity": "uniform", "memoize": False, "clip": None, **options})
 
 
 @pytest.fixture(scope="module")
@@ -103,7 +104,7 @@ def test_risk_refresh_every_r_rounds_per_client(lenet_batch, monkeypatch):
         return tensor_risks(*args, **kwargs)
 
     monkeypatch.setattr(module, "tensor_risks", counting_risks)
-    defense = GradDefense(refresh_every=2, probes=1, root_per_class=1, chosen=5)
+    defense = GradDefense(sensitivity="hutchinson", refresh_every=2, probes=1, root_per_class=1, chosen=5)
     grads = batch_gradient(model, x[:8], y[:8])
     for round_ in range(5):
         for client in (0, 1):
@@ -178,7 +179,7 @@ def test_bad_configurations_are_clear_errors():
         uniform_defense().defend(grads, DefenseContext())
     assert torch.equal(grads[0], torch.zeros(5))
     with pytest.raises(ConfigError, match="needs context.model"):
-        GradDefense(chosen=5).defend(zeros_gradient(50), DefenseContext())
+        GradDefense(sensitivity="hutchinson", chosen=5).defend(zeros_gradient(50), DefenseContext())
 
 
 def test_relative_clipping_bounds_each_chosen_slice_and_scales_the_noise(lenet_batch):
@@ -207,7 +208,7 @@ def test_relative_clipping_bounds_each_chosen_slice_and_scales_the_noise(lenet_b
 
 def test_risk_allocation_conserves_total_noise_power_and_follows_risk(lenet_batch):
     model, x, y = lenet_batch
-    defense = GradDefense(sigma=0.5, allocation="risk", risk_exponent=1.0)
+    defense = GradDefense(sigma=0.5, clip=None, sensitivity="hutchinson", allocation="risk", risk_exponent=1.0)
     density = torch.tensor([1.0, 4.0, 0.25, 2.0])
     lengths = torch.tensor([100, 10, 1000, 50])
     stds = defense.slice_stds(density, lengths)
@@ -215,11 +216,13 @@ def test_risk_allocation_conserves_total_noise_power_and_follows_risk(lenet_batc
     assert power == pytest.approx(0.5 ** 2 * float(lengths.sum()), rel=1e-6), "the same noise budget as uniform"
     assert torch.equal(stds.argsort(), density.argsort()), "more noise where a slice leaks more"
     torch.testing.assert_close(stds / stds[0], density / density[0])  # exponent 1: proportional
-    flat_stds = GradDefense(sigma=0.5, allocation="risk", risk_exponent=0.0).slice_stds(density, lengths)
+    flat_stds = GradDefense(sigma=0.5, clip=None, sensitivity="hutchinson", allocation="risk",
+                            risk_exponent=0.0).slice_stds(density, lengths)
     torch.testing.assert_close(flat_stds, torch.full((4,), 0.5))  # exponent 0 is uniform
     # end to end: the noise on the defended gradient has the allocated per-slice std
     grads = batch_gradient(model, x[:8], y[:8])
-    real = GradDefense(sigma=0.5, allocation="risk", risk_exponent=1.0, memoize=False, slices=4, chosen=4)
+    real = GradDefense(sigma=0.5, clip=None, sensitivity="hutchinson", allocation="risk", risk_exponent=1.0,
+                       memoize=False, slices=4, chosen=4)
     context = DefenseContext(model=model, x=x[:8], y=y[:8], local_data=(x, y), generator=seeded(3))
     noise = flatten(real.defend(grads, context)) - flatten(grads)
     state = real._clients[0]
@@ -235,4 +238,4 @@ def test_allocation_by_risk_needs_a_risk_measure():
     with pytest.raises(ConfigError, match="needs a risk measure"):
         GradDefense(allocation="risk", sensitivity="uniform")
     with pytest.raises(ConfigError, match="clip_per_sample needs clip"):
-        GradDefense(clip_per_sample=True)
+        GradDefense(clip=None, clip_per_sample=True)

@@ -67,9 +67,9 @@ from .slicing import check_slice_count, group_bounds, risk_balanced_bounds
 class GradDefenseConfig(DefenseConfig):
     """Options of ``graddefense``; defaults are explained in docs/defenses.md."""
 
-    sigma: float = Field(0.1, ge=0, description="noise level: the std of the Gaussian noise on every element of a "
-                                                "chosen slice (absolute, in gradient units), or with clip=C the "
-                                                "noise multiplier (std sigma * C)")
+    sigma: float = Field(0.2, ge=0, description="noise level: with clip=C (the default) the noise multiplier, std "
+                                                "sigma * C on every element of a chosen slice; without clip the std "
+                                                "itself, in gradient units")
     slices: int = Field(10, ge=1, description="S: how many slices the gradient is cut into")
     chosen: int = Field(10, ge=1, description="k: how many of the S slices get noise, picked at random per client "
                                               "and round (default k = S: see 'hardened' in docs/defenses.md)")
@@ -77,15 +77,15 @@ class GradDefenseConfig(DefenseConfig):
         "risk", description="'risk': S contiguous slices of equal leakage risk; 'layers': one slice per layer "
                             "(then round(k*L/S) of the L layers get noise, at least one)")
     sensitivity: Literal["hutchinson", "ones", "uniform"] = Field(
-        "hutchinson", description="how leakage risk is measured: 'hutchinson' (random probes, default), 'ones' "
-                                  "(the original code's all-ones probe), 'uniform' (every element equal: "
-                                  "equal-size slices)")
+        "uniform", description="how leakage risk is measured: 'hutchinson' (random probes, the paper's idea), 'ones' "
+                               "(the original code's all-ones probe), 'uniform' (every element equal: equal-size "
+                               "slices, no model needed; the default, see docs/defenses.md)")
     probes: int = Field(1, ge=1, le=64, description="random probes per tensor for the Hutchinson risk estimate "
                                                     "(one is enough on LeNet: <= 6% relative std per tensor)")
     refresh_every: int = Field(10, ge=1, description="R: recompute the risks every R rounds")
     root_per_class: int = Field(2, ge=1, le=64, description="root-set samples per class used to measure risk")
-    clip: float | None = Field(None, gt=0, description="C: if set, each chosen slice is scaled to L2 norm at most C "
-                                                       "and the noise std is sigma * C (relative mode)")
+    clip: float | None = Field(1.0, gt=0, description="C: each chosen slice is scaled to L2 norm at most C and the "
+                                                      "noise std is sigma * C (relative mode); none: absolute sigma")
     clip_per_sample: bool = Field(False, description="with clip: clip each sample's part of a chosen slice instead "
                                                      "of the batch's (needs per-sample gradients)")
     allocation: Literal["uniform", "risk"] = Field(
@@ -121,10 +121,16 @@ class GradDefenseConfig(DefenseConfig):
 
 
 class GradDefensePaperConfig(GradDefenseConfig):
-    """The paper's configuration: k = 5 of S = 10 slices, fresh noise every time."""
+    """The paper's configuration: k = 5 of S = 10 risk-balanced slices, absolute noise, fresh
+    noise every time."""
 
     sigma: float = Field(0.3, ge=0, description="std of the Gaussian noise added to every element of a chosen slice "
                                                 "(absolute, in gradient units)")
+    sensitivity: Literal["hutchinson", "ones", "uniform"] = Field(
+        "hutchinson", description="how leakage risk is measured (the paper: input sensitivity, here with random "
+                                  "Hutchinson probes)")
+    clip: float | None = Field(None, gt=0, description="C: the paper's clipping is optional and off here "
+                                                       "(absolute sigma)")
     chosen: int = Field(5, ge=1, description="k: how many of the S slices get noise, picked at random per client "
                                              "and round")
     memoize: bool = Field(False, description="fresh noise on every call, as in the paper")

@@ -193,19 +193,27 @@ PROFILES: dict[str, Profile] = {
         train=TrainSettings(clients=2, rounds=2, local_steps=1, batch_size=8, eval_every=1),
     ),
     "quick": Profile(
-        name="quick", datasets=["mnist-sample"], images=2, search=SearchSettings(steps=2),
-        adaptive_options={"lti": {"aux_images": 1500, "epochs": 20}}, costs=CostModel(adaptive_cell_s={"lti": 15.0}),
+        name="quick", datasets=["mnist-sample"], images=2, adaptive_with=["gia"],
+        adaptive_options={"lti": {"aux_images": 1500, "epochs": 20, "projection": 512, "hidden": 256}},
+        costs=CostModel(adaptive_cell_s={"lti": 5.0}),
+        # strengths where each defense's worst case reaches the floor + 1 dB on mnist-sample, measured with
+        # `gradguard sweep` (README, "The privacy-utility frontier"); soteria and dpsgd at their defaults
+        defense_options={"dp-gaussian": {"clip": 3.16}, "dp-laplace": {"clip": 3.16}},
+        strengths={"graddefense": 0.2, "dp-gaussian": 0.024, "dp-laplace": 0.017, "gc": 0.9995, "soteria": 0.8,
+                   "dpsgd": 1.0},
         attack_overrides={"dlg": {"iterations": 100, "restarts": 2}, "gia": {"iterations": 300, "restarts": 1}},
         train=TrainSettings(clients=5, rounds=12, local_steps=5, eval_every=4),
     ),
     "paper": Profile(
         name="paper", datasets=["mnist", "fashion-mnist", "cifar10"], images=4, search=SearchSettings(steps=3),
+        adaptive_with=["gia"],
         attack_overrides={"dlg": {"iterations": 300, "restarts": 2}, "gia": {"iterations": 1200, "restarts": 1}},
         train=TrainSettings(clients=10, rounds=30, local_steps=5, eval_every=5),
     ),
     "security": Profile(  # the default against every attack, on the three datasets
-        name="security", datasets=["mnist", "fashion-mnist", "cifar10"], images=2,
+        name="security", datasets=["mnist", "fashion-mnist", "cifar10"], images=4, adaptive_with=["gia"],
         defenses=["none", "graddefense", "graddefense-paper"],
+        search=SearchSettings(target="reference"),  # graddefense as configured: the reference is never searched
         attack_overrides={"dlg": {"iterations": 300, "restarts": 2}, "gia": {"iterations": 1200, "restarts": 1}},
         train=TrainSettings(clients=10, rounds=30, local_steps=5, eval_every=5),
     ),
