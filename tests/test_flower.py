@@ -216,7 +216,8 @@ def test_mod_with_graddefense_uses_the_model_and_the_local_data():
     global_ = {k: v.clone() for k, v in model.state_dict().items()}
     local = {k: v - 0.01 if k.startswith(("body", "fc")) else v for k, v in global_.items()}
     x, y = task.partition(0, 10)
-    settings = DefenseSettings(defense="graddefense", scale=0.1, options={"sigma": 0.1, "slices": 10, "chosen": 3})
+    settings = DefenseSettings(defense="graddefense", scale=0.1, options={"sigma": 0.1, "slices": 10, "chosen": 3,
+                                                                          "sensitivity": "hutchinson"})
     mod = DefenseMod(model_fn=lambda context: task.build_model(), data_fn=lambda context: (x, y))
     reply = _arrays(mod(_train_message(global_, **settings.to_config()), _context({"gradguard.seed": 0}),
                         _replying(local)))
