@@ -19,8 +19,10 @@ from pydantic import BaseModel, ConfigDict, model_validator
 from torch import Tensor, nn
 
 from ..errors import ConfigError, config_errors
+from ..grads import Gradient
 
-Gradient = list[Tensor]
+__all__ = ["DEFENSES", "Compensator", "Defense", "DefenseConfig", "DefenseContext", "Gradient", "NoDefense",
+           "NoiseModel", "Strength", "check_finite", "register"]
 
 
 @dataclass
