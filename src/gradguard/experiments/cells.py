@@ -85,7 +85,7 @@ def cell_key(kind: str, config: dict[str, Any]) -> str:
 
 
 def _options(options: dict[str, Any]) -> str:
-    return ",".join(f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}" for k, v in options.items())
+    return ",".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in options.items())
 
 
 class AttackCell(Cell):
