@@ -269,7 +269,7 @@ class NoiseAware(AdaptiveAttack):
         if mask is not None and (not bool(mask.any()) or bool(mask.all())):
             mask = None
         kept = flat.numel() - (int(mask.sum()) if mask is not None else 0)
-        noise = defense.noise_model(batch_size=max(1, _batch_of(observation)))
+        noise = defense.noise_model(batch_size=observation.batch_size)
         overrides: dict[str, object] = {}
         if noise is not None and noise.std > 0:
             if noise.distribution == "laplace":  # -log p = |g - o| / b, b = std / sqrt 2
@@ -277,10 +277,6 @@ class NoiseAware(AdaptiveAttack):
             else:  # -log p = (g - o)^2 / (2 sigma^2)
                 overrides = {"distance": "l2", "distance_scale": 1.0 / (2 * noise.std ** 2 * kept)}
         return Prepared(gradient, mask, overrides=overrides)
-
-
-def _batch_of(observation: Observation) -> int:
-    return int(observation.batch_size) if observation.batch_size else 1
 
 
 def adaptive_attack(name: str, **options) -> AdaptiveAttack:

@@ -22,7 +22,7 @@ from multiprocessing import get_context
 from pathlib import Path
 from typing import Any, Self
 
-from .cells import AttackCell, Cell, TrainCell
+from .cells import AttackCell, Cell
 from .plan import Plan, Task
 from .search import SearchResult, bisection
 from .store import ResultStore
@@ -82,16 +82,6 @@ class CellRunner:
     def __exit__(self, *exc) -> None:
         if self._pool is not None:
             self._pool.shutdown(cancel_futures=True)
-
-    def compute(self, cell: AttackCell | TrainCell) -> dict[str, Any]:
-        """One cell's result, from the store when finished before, else computed here and stored."""
-        cached = self.store.get(cell.key())
-        if cached is not None:
-            return cached.result
-        self.on_start(cell)
-        result, seconds = _compute(cell, str(self.data_root) if self.data_root else None, 0)
-        self._store(cell, result, seconds)
-        return result
 
     def stored_strengths(self, plan: Plan) -> dict[str, dict[str, Any]]:
         """The strength of every search already finished in the store, and the fixed ones."""

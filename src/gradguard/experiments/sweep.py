@@ -96,20 +96,14 @@ def sweep_plan(profile: Profile, dataset: str, attacks: list[str] | None,
     for curve, defense, option, value, fixed in settings:
         options = {**fixed, option: value}
         labels = {"dataset": dataset, "defense": defense, "curve": curve, "option": option, "value": value}
-        for attack, adaptive in _attack_set(profile, defense, attacks):
+        pairs = [(a, None) for a in attacks] if attacks is not None else worst_case_attacks(profile, defense)
+        for attack, adaptive in pairs:
             plan.tasks.append(Task(f"{curve}/{option}={value}/{adaptive}/{attack}/attack", "attack",
                                    attack_cell_for(profile, dataset, attack, defense, options, adaptive),
                                    {**labels, "attack": attack, "adaptive": adaptive}))
         plan.tasks.append(Task(f"{curve}/{option}={value}/train", "train",
                                train_cell_for(profile, dataset, defense, options), labels))
     return plan, settings
-
-
-def _attack_set(profile: Profile, defense: str, attacks: list[str] | None) -> list[tuple[str | None, str | None]]:
-    """(attack, adaptive) pairs measuring a point: the given plain attacks alone, or the worst-case set."""
-    if attacks is not None:
-        return [(attack, None) for attack in attacks]
-    return worst_case_attacks(profile, defense)
 
 
 def sweep(runner: CellRunner, profile: Profile, dataset: str, attacks: list[str] | None,
