@@ -1,3 +1,5 @@
+import warnings
+
 import numpy as np
 import pytest
 import torch
@@ -49,6 +51,61 @@ def test_not_an_npz(tmp_path):
     (tmp_path / "x.npz").write_text("hello")
     with pytest.raises(DatasetFormatError, match="not a readable"):
         load_npz(tmp_path / "x.npz")
+
+
+@pytest.mark.parametrize("damage, message", [
+    (lambda raw: raw[: len(raw) // 2], "truncated or damaged"),  # a copy cut short
+    (lambda raw: raw[:200] + b"\xff" * 64 + raw[264:], "truncated or damaged"),  # bytes of an array overwritten
+])
+def test_damaged_npz_names_the_file_and_what_to_do(tmp_path, damage, message):
+    _write_npz(tmp_path / "good.npz")
+    bad = tmp_path / "bad.npz"
+    bad.write_bytes(damage((tmp_path / "good.npz").read_bytes()))
+    with pytest.raises(DatasetFormatError, match=message) as info:
+        load_npz(bad)
+    assert str(bad) in str(info.value) and "numpy.savez" in str(info.value)
+
+
+def test_an_npy_array_given_for_an_npz_is_named(tmp_path):
+    np.save(tmp_path / "x.npy", np.zeros((3, 8, 8), np.uint8))
+    with pytest.raises(DatasetFormatError, match="single .npy array, not an .npz"):
+        load_npz(tmp_path / "x.npy")
+
+
+@pytest.mark.parametrize("split", ["x_train", "x_test"])
+def test_an_empty_split_is_refused_before_any_warning(tmp_path, split):
+    labels = "y_train" if split == "x_train" else "y_test"
+    _write_npz(tmp_path / "empty.npz", **{split: np.zeros((0, 8, 8, 3), np.uint8), labels: np.zeros(0, np.int64)})
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # torch's std() warning on zero images would fail here
+        with pytest.raises(DatasetFormatError, match=f"{split} holds no images"):
+            load_npz(tmp_path / "empty.npz")
+
+
+def test_a_test_label_outside_the_training_labels_is_refused(tmp_path):
+    """Without a declared class count, the classes are y_train's range; a test label beyond it
+    used to widen the model silently (13 outputs for 4 trained classes)."""
+    _write_npz(tmp_path / "d.npz", y_test=np.array([0, 1, 2, 3, 12]))
+    with pytest.raises(DatasetFormatError, match="y_test holds label 12, but the training labels are 0..3"):
+        load_npz(tmp_path / "d.npz")
+
+
+def test_gradguard_data_is_the_root_unless_data_root_is_given(tmp_path, monkeypatch, capsys):
+    from gradguard.cli import run
+    from gradguard.data import resolve_root
+
+    _write_npz(tmp_path / "mnist.npz", x_train=np.zeros((20, 28, 28), np.uint8), x_test=np.zeros((5, 28, 28), np.uint8))
+    monkeypatch.setenv("GRADGUARD_DATA", str(tmp_path))
+    assert resolve_root(None) == tmp_path and resolve_root(tmp_path / "other") == tmp_path / "other"
+    assert len(load_dataset("mnist").x_train) == 20
+    assert run(["datasets"]) == 0
+    out = capsys.readouterr().out
+    assert str(tmp_path / "mnist.npz") in out and "$GRADGUARD_DATA" in out
+    assert run(["datasets", "--data-root", str(tmp_path / "other")]) == 0
+    assert "from --data-root" in capsys.readouterr().out
+    monkeypatch.delenv("GRADGUARD_DATA")
+    assert run(["datasets"]) == 0
+    assert "GRADGUARD_DATA unset" in capsys.readouterr().out
 
 
 def test_missing_dataset_says_where_and_how(tmp_path):

@@ -13,10 +13,10 @@ from .options import add_data_root
 
 @command("datasets", "List every dataset, whether its files were found, and where gradguard looked.", add_data_root)
 def datasets(args) -> None:
-    from ..data import DATASETS, resolve_root
+    from ..data import DATASETS, root_and_origin
 
-    root = resolve_root(args.data_root)
-    table = Table(title=f"datasets (root: {root})")
+    root, origin = root_and_origin(args.data_root)
+    table = Table(title=f"datasets (root: {root}, from {origin})")
     for column in ("name", "found", "classes", "where"):
         table.add_column(column)
     for spec in DATASETS.values():

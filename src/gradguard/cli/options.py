@@ -16,7 +16,7 @@ def add_data_options(p: argparse.ArgumentParser, default: str = "mnist-sample") 
 
 def add_data_root(p: argparse.ArgumentParser) -> None:
     p.add_argument("--data-root", type=Path, default=None,
-                   help="folder searched for dataset files (default ~/.cache/gradguard)")
+                   help="folder searched for dataset files (default: $GRADGUARD_DATA, else ~/.cache/gradguard)")
 
 
 def add_model_option(p: argparse.ArgumentParser, default: str = "lenet") -> None:

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import gzip
 import os
+import zipfile
+import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -80,7 +82,16 @@ def from_arrays(name: str, x_train: np.ndarray, y_train: np.ndarray, x_test: np.
                 y_test: np.ndarray, *, num_classes: int | None = None,
                 stats: tuple[tuple[float, ...], tuple[float, ...]] | None = None,
                 source: str = "") -> ImageDataset:
-    """Validate uint8 arrays in the interchange format and build an :class:`ImageDataset`."""
+    """Validate uint8 arrays in the interchange format and build an :class:`ImageDataset`.
+
+    Without ``num_classes`` the classes are the training labels' range, 0 to max(y_train): a
+    test label beyond it is refused rather than silently widening the model's output for a
+    class it never trains on. Empty splits are refused before any statistic is computed on them.
+    """
+    for split, array in (("x_train", x_train), ("x_test", x_test)):
+        if len(array) == 0:
+            raise DatasetFormatError(f"{name}: {split} holds no images; a dataset needs at least one training "
+                                     f"and one test image")
     xtr = to_image_tensor(x_train, what=f"{name}: x_train")
     xte = to_image_tensor(x_test, what=f"{name}: x_test")
     if xtr.shape[1:] != xte.shape[1:]:
@@ -88,10 +99,17 @@ def from_arrays(name: str, x_train: np.ndarray, y_train: np.ndarray, x_test: np.
                                  f"{tuple(xte.shape[1:])}")
     ytr = _labels(y_train, len(xtr), what=f"{name}: y_train")
     yte = _labels(y_test, len(xte), what=f"{name}: y_test")
-    seen = int(max(ytr.max().item() if len(ytr) else 0, yte.max().item() if len(yte) else 0)) + 1
-    classes = num_classes or seen
-    if seen > classes:
-        raise DatasetFormatError(f"{name}: labels must be < {classes}, found {seen - 1}")
+    if num_classes is None:
+        classes = int(ytr.max()) + 1
+        if int(yte.max()) >= classes:
+            raise DatasetFormatError(f"{name}: y_test holds label {int(yte.max())}, but the training labels are "
+                                     f"0..{classes - 1} ({classes} classes); every test label must occur in "
+                                     f"y_train's range")
+    else:
+        classes = num_classes
+        found = int(max(ytr.max(), yte.max()))
+        if found >= classes:
+            raise DatasetFormatError(f"{name}: labels must be < {classes}, found {found}")
     mean, std = stats or _channel_stats(xtr)
     return ImageDataset(name, xtr, ytr, xte, yte, classes, mean, std, source)
 
@@ -102,20 +120,35 @@ NPZ_KEYS = ("x_train", "y_train", "x_test", "y_test")
 def load_npz(path: str | Path, *, name: str | None = None, num_classes: int | None = None,
              stats=None) -> ImageDataset:
     """Load the interchange format: an .npz with uint8 ``x_train``/``x_test`` (NHW or NHWC) and
-    integer ``y_train``/``y_test``."""
+    integer ``y_train``/``y_test``.
+
+    A file that cannot be read as such (a truncated or damaged archive, a single ``.npy`` array,
+    pickled objects) is a :class:`DatasetFormatError` naming the file and how to write it again:
+    numpy's own errors (``BadZipFile``, a CRC mismatch, ``EOFError``) say nothing of either.
+    """
     path = Path(path).expanduser()
     if not path.is_file():
         raise DatasetNotFoundError(f"npz file not found: {path}")
+    rewrite = ("write it again with numpy.savez(path, x_train=..., y_train=..., x_test=..., y_test=...) "
+               "or copy it again from its source")
     try:
+        with open(path, "rb") as handle:
+            magic = handle.read(6)
+        if magic == b"\x93NUMPY":
+            raise DatasetFormatError(f"{path}: a single .npy array, not an .npz archive of {list(NPZ_KEYS)}; "
+                                     f"{rewrite}")
         with np.load(path, allow_pickle=False) as archive:
             missing = [k for k in NPZ_KEYS if k not in archive.files]
             if missing:
                 raise DatasetFormatError(f"{path}: missing arrays {missing}; an interchange npz holds {list(NPZ_KEYS)}")
             arrays = {k: archive[k] for k in NPZ_KEYS}
-    except (OSError, ValueError) as exc:
-        if isinstance(exc, DatasetFormatError):
-            raise
-        raise DatasetFormatError(f"{path}: not a readable .npz file ({exc})") from None
+    except DatasetFormatError:
+        raise
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile, zlib.error) as exc:
+        # Pickled arrays (ValueError) and damage to the archive or to an array's bytes.
+        reason = " ".join(str(exc).split()) or type(exc).__name__
+        raise DatasetFormatError(f"{path}: not a readable .npz file, truncated or damaged ({reason}); "
+                                 f"{rewrite}") from None
     return from_arrays(name or f"npz:{path}", **arrays, num_classes=num_classes, stats=stats, source=str(path))
 
 
@@ -123,7 +156,11 @@ def read_idx(path: Path) -> np.ndarray:
     """Read an IDX file (optionally gzipped), the format MNIST and Fashion-MNIST ship in."""
     raw = path.read_bytes()
     if path.suffix == ".gz":
-        raw = gzip.decompress(raw)
+        try:
+            raw = gzip.decompress(raw)
+        except (OSError, EOFError, zlib.error) as exc:
+            raise DatasetFormatError(f"{path}: truncated or damaged gzip file ({exc}); install or download it "
+                                     f"again") from None
     if len(raw) < 4 or raw[0] != 0 or raw[1] != 0 or raw[2] != 0x08:
         raise DatasetFormatError(f"{path}: not an unsigned-byte IDX file")
     ndim = raw[3]

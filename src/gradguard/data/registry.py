@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -53,21 +54,45 @@ DATASETS: dict[str, DatasetSpec] = {
 DEFAULT_DATASET = "mnist-sample"
 
 
+#: Environment variable naming the dataset folder when no root is passed (``--data-root``).
+DATA_ENV = "GRADGUARD_DATA"
+
+
 def resolve_root(root: str | Path | None) -> Path:
-    return Path(root).expanduser() if root else DEFAULT_ROOT
+    """The folder searched for dataset files: ``root`` when given, else ``$GRADGUARD_DATA``, else
+    the cache folder (``~/.cache/gradguard``). One rule for the library, the CLI and the tests,
+    read at call time so that a changed environment is seen."""
+    return root_and_origin(root)[0]
+
+
+def root_and_origin(root: str | Path | None) -> tuple[Path, str]:
+    """:func:`resolve_root` and which rule chose it (``--data-root``, ``GRADGUARD_DATA`` or the
+    default), so that ``gradguard datasets`` can say why it looked where it did."""
+    if root:
+        return Path(root).expanduser(), "--data-root"
+    env = os.environ.get(DATA_ENV)
+    if env:
+        return Path(env).expanduser(), f"${DATA_ENV}"
+    return DEFAULT_ROOT, f"default (no --data-root, ${DATA_ENV} unset)"
 
 
 def load_dataset(name: str, root: str | Path | None = None, *, download: bool = False) -> ImageDataset:
-    """Load a dataset by name (see :data:`DATASETS`) or an interchange file as ``npz:PATH``.
+    """Load a dataset by name (see :data:`DATASETS`), an interchange file as ``npz:PATH``, or an
+    image folder in torchvision's ImageFolder layout as ``folder:PATH`` (:mod:`gradguard.data.folder`).
 
-    ``root`` is the folder searched for files (default ``~/.cache/gradguard``). With
+    ``root`` is the folder searched for files (default: :func:`resolve_root`). With
     ``download=True`` torchvision fetches missing files into it (needs internet).
     """
     if name.startswith("npz:"):
         return load_npz(name[4:])
+    if name.startswith("folder:"):
+        from .folder import load_folder
+
+        return load_folder(name)
     spec = DATASETS.get(name)
     if spec is None:
-        raise ConfigError(f"dataset: unknown name {name!r}; choose one of {sorted(DATASETS)} or npz:PATH")
+        raise ConfigError(f"dataset: unknown name {name!r}; choose one of {sorted(DATASETS)}, npz:PATH or "
+                          f"folder:PATH (an ImageFolder: PATH/<class>/<image>)")
     root_path = resolve_root(root)
     source = spec.find(root_path)
     if source is not None:
