@@ -81,6 +81,26 @@ def test_soteria_zeroes_exactly_the_expected_columns(small_lenet):
     assert all(torch.equal(o, g) for i, (o, g) in enumerate(zip(out, grads)) if i != fc)
 
 
+def test_soteria_per_round_mask_reuses_the_first_steps_pruned_set_only_within_a_training_round(small_lenet):
+    model, x, y = small_lenet
+    other = torch.ones(2, 1, 16, 16)  # a batch that ranks the features differently from x
+    grads = batch_gradient(model, x, y)
+    fc = [i for i, p in enumerate(model.parameters()) if p is model.fc.weight][0]
+    defense = Defense.from_config("soteria", percentile=60, mask_per="round")
+    ranked = {name: set(defense.pruned_features(model, data).tolist()) for name, data in (("x", x), ("other", other))}
+    assert ranked["x"] != ranked["other"], "the two batches must rank differently for the test to mean anything"
+
+    def zeroed(data, **context):
+        out = defense.defend(grads, DefenseContext(model=model, x=data, y=y, **context))
+        return set((out[fc] == 0).all(0).nonzero().flatten().tolist())
+
+    assert zeroed(x, round=3, client=1, step=0) == ranked["x"]
+    assert zeroed(other, round=3, client=1, step=1) == ranked["x"], "later steps of the round reuse step 0's set"
+    assert zeroed(other, round=3, client=2, step=1) == ranked["other"], "another client has its own"
+    assert zeroed(other, round=4, client=1, step=1) == ranked["other"], "a new round ranks again"
+    assert zeroed(x, round=4, client=1) == ranked["x"], "a gradient defended on its own always gets its own set"
+
+
 def test_dpsgd_clips_each_sample_and_reports_falling_epsilon(small_lenet):
     model, x, y = small_lenet
     per_sample = per_sample_gradients(model, x, y)

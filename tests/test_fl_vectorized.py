@@ -26,8 +26,10 @@ class NoisyProbe(Defense):
     name = "test-noisy-probe"
     needs_batch = True
     compensators: list[RecordingCompensator] = []
+    steps: list[tuple[int, int, int | None]] = []
 
     def defend(self, grads, context):
+        self.steps.append((context.round, context.client, context.step))
         expected = batch_gradient(context.model, context.x, context.y)
         for g, e in zip(grads, expected):
             torch.testing.assert_close(g, e, atol=1e-5, rtol=1e-4)
@@ -43,6 +45,7 @@ class NoisyProbe(Defense):
 def probe():
     register(NoisyProbe)
     NoisyProbe.compensators.clear()
+    NoisyProbe.steps.clear()
     yield NoisyProbe
     del DEFENSES[NoisyProbe.name]
 
@@ -82,3 +85,13 @@ def test_graddefense_gives_the_same_parameters_vectorized_and_looped(tiny_mnist)
     vectorized, looped = run(tiny_mnist, True, **options), run(tiny_mnist, False, **options)
     for name, value in looped.final_state.items():
         torch.testing.assert_close(vectorized.final_state[name], value, atol=1e-5, rtol=0)
+
+
+@pytest.mark.parametrize("vectorize", [True, False])
+def test_each_trainer_tells_the_defense_the_local_step_of_every_gradient(probe, tiny_mnist, vectorize):
+    run(tiny_mnist, vectorize, algorithm="fedavg", local_steps=3)
+    per_client: dict[tuple[int, int], list] = {}
+    for round_, client, step in NoisyProbe.steps:
+        per_client.setdefault((round_, client), []).append(step)
+    assert len(per_client) == 2 * 4, "every client in both rounds"
+    assert all(steps == [0, 1, 2] for steps in per_client.values()), per_client

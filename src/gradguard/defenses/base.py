@@ -32,6 +32,9 @@ class DefenseContext:
     ``generator`` drives every random draw of the defense (docs/design.md section 1: randomness
     is explicit); ``round`` and ``client`` let stateful defenses refresh per-round state such as
     risks; ``local_data`` is the client's whole local dataset (images, labels), e.g. for a root set.
+    ``step`` is the index of the local SGD step within the round during federated training, and
+    None for a gradient defended on its own (an attacked gradient, a Flower client's update): a
+    defense may reuse per-round state across a round's steps only where ``step`` says so.
     """
 
     model: nn.Module | None = None
@@ -42,6 +45,7 @@ class DefenseContext:
     client: int = 0
     per_sample: Gradient | None = None
     local_data: tuple[Tensor, Tensor] | None = None
+    step: int | None = None
 
 
 class DefenseConfig(BaseModel):

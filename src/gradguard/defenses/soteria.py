@@ -8,9 +8,20 @@ that layer's weight gradient; every other tensor is left as it is.
 Deviation: the original code divides by (r_f + 0.1) without the absolute value; we use
 |r_f| + eps as the defense's paper writes it (identical for the non-negative features of
 sigmoid/ReLU models).
+
+Cost: the scores need every row of the Jacobian d r / dx, one backward pass per feature (588
+for LeNet at 28x28), vectorised with ``vmap`` over chunks of features. That is a few hundred
+times an SGD step and cannot be made exact for less: the Jacobian's rows are what is ranked.
+For federated training, ``mask_per="round"`` computes the pruned set on a client's first local
+batch of a round and reuses it for that round's other local steps (``DefenseContext.step``),
+which divides the cost by the local step count. This is a deviation for accuracy runs only:
+a gradient defended on its own (``step`` None: every attacked gradient, a Flower client's
+update) always gets its own pruned set, so privacy is measured on the faithful defense.
 """
 
 from __future__ import annotations
+
+from typing import Literal
 
 import torch
 from pydantic import Field
@@ -27,6 +38,10 @@ class SoteriaConfig(DefenseConfig):
                                                               "features that leak the least per unit of signal")
     eps: float = Field(0.1, gt=0, description="added to |r_f| in the ratio's denominator to avoid dividing by zero")
     chunk: int = Field(64, ge=1, description="features whose input gradients are computed at once (memory vs speed)")
+    mask_per: Literal["batch", "round"] = Field("batch", description="batch: rank the features on every gradient "
+                                                "(Soteria); round: in federated training, rank them on a client's "
+                                                "first local batch of the round and reuse the pruned set for its "
+                                                "other local steps (cost / local steps)")
 
 
 @register
@@ -40,6 +55,10 @@ class Soteria(Defense):
     strength = Strength(option="percentile", low=0.01, high=0.99, scale=100.0)
     sparsifies = True
 
+    def __init__(self, config=None, **options):
+        super().__init__(config, **options)
+        self._round_masks: dict[int, tuple[int, Tensor]] = {}  # client -> (round, pruned features)
+
     def perturbed_parameters(self) -> tuple[str, ...]:
         """Only the last linear layer's weight gradient (``fc.weight``) is ever changed."""
         return ("fc.weight",)
@@ -50,10 +69,22 @@ class Soteria(Defense):
         if model is None or x is None or not hasattr(model, "features") or not hasattr(model, "fc"):
             raise ConfigError("soteria: needs context.model (with .features and .fc) and the batch context.x")
         index = _fc_weight_index(model)
-        pruned = self.pruned_features(model, x)
+        pruned = self._pruned_for(model, x, context)
         out = [g.clone() for g in grads]
         out[index][:, pruned] = 0
         return out
+
+    def _pruned_for(self, model, x: Tensor, context) -> Tensor:
+        """The pruned set of this gradient, or, with ``mask_per="round"``, the one ranked on this
+        client's first local step of the same round."""
+        if self.config.mask_per == "batch" or context.step is None:
+            return self.pruned_features(model, x)
+        stored = self._round_masks.get(context.client)
+        if context.step > 0 and stored is not None and stored[0] == context.round:
+            return stored[1]
+        pruned = self.pruned_features(model, x)
+        self._round_masks[context.client] = (context.round, pruned)
+        return pruned
 
     def pruned_features(self, model, x: Tensor) -> Tensor:
         """Indices of the features whose weight-gradient columns are zeroed."""

@@ -101,12 +101,12 @@ class LocalTrainer:
         model.load_state_dict(global_state)
         model.train()
         params = trainable_parameters(model)
-        for batch in job.batches:
+        for step, batch in enumerate(job.batches):
             with clock.phase("client"):
                 x, y = self.x[batch], self.y[batch]
                 grads = batch_gradient(model, x, y)
             with clock.phase("defense"):
-                grads = self.defense.defend(grads, self.context(job, model, x, y))
+                grads = self.defense.defend(grads, self.context(job, model, x, y, step))
             if self.algorithm == "fedsgd":
                 update = grads
             else:
@@ -117,7 +117,7 @@ class LocalTrainer:
             update = [p - global_state[n] for n, p in named_params(model).items()]
         return update, bn_statistics(model)
 
-    def context(self, job: ClientJob, model: nn.Module | None, x: Tensor, y: Tensor) -> DefenseContext:
+    def context(self, job: ClientJob, model: nn.Module | None, x: Tensor, y: Tensor, step: int) -> DefenseContext:
         """What the defense sees; the client's local data is gathered (once) only for defenses
         that read more than the gradient."""
         local = None
@@ -126,7 +126,7 @@ class LocalTrainer:
                 self._local_data[job.client] = (self.x[job.data_indices], self.y[job.data_indices])
             local = self._local_data[job.client]
         return DefenseContext(model=model, x=x, y=y, generator=job.generator, round=job.round,
-                              client=job.client, local_data=local)
+                              client=job.client, local_data=local, step=step)
 
 
 class VectorizedTrainer(LocalTrainer):
@@ -175,7 +175,7 @@ class VectorizedTrainer(LocalTrainer):
                 # every client starts from the global model: no need to batch the parameters
                 grads = self._grads_shared_params(start, x, y) if step == 0 else self._grads(params, x, y)
             with clock.phase("defense"):
-                grads = self._defend(params, grads, jobs, x, y)
+                grads = self._defend(params, grads, jobs, x, y, step)
             if self.algorithm == "fedavg":
                 with clock.phase("client"):
                     params = {n: params[n] - self.lr * grads[n] for n in names}
@@ -183,12 +183,14 @@ class VectorizedTrainer(LocalTrainer):
             return [[grads[n][i] for n in names] for i in range(len(jobs))]
         return [[params[n][i] - start[n] for n in names] for i in range(len(jobs))]
 
-    def _defend(self, params: Params, grads: Params, jobs: list[ClientJob], x: Tensor, y: Tensor) -> Params:
+    def _defend(self, params: Params, grads: Params, jobs: list[ClientJob], x: Tensor, y: Tensor,
+                step: int) -> Params:
         names = list(grads)
         defended = []
         for i, job in enumerate(jobs):
             model = self._client_model({n: p[i] for n, p in params.items()}) if self.defense.needs_batch else None
-            defended.append(self.defense.defend([grads[n][i] for n in names], self.context(job, model, x[i], y[i])))
+            context = self.context(job, model, x[i], y[i], step)
+            defended.append(self.defense.defend([grads[n][i] for n in names], context))
         return {n: torch.stack([d[k] for d in defended]) for k, n in enumerate(names)}
 
     def _client_model(self, params: Params) -> nn.Module:
