@@ -24,6 +24,7 @@ def datasets(args) -> None:
         where = str(source.location(root)) if source else "looked in: " + ", ".join(map(str, spec.locations(root)))
         table.add_row(spec.name, "yes" if source else "no", str(spec.info.num_classes), where)
     table.add_row("npz:PATH", "-", "-", "any interchange-format .npz (x_train, y_train, x_test, y_test)")
+    table.add_row("folder:PATH", "-", "-", "your images in torchvision's ImageFolder layout: PATH/<class>/<image>")
     Console(width=200).print(table)
 
 

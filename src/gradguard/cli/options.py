@@ -9,7 +9,8 @@ from pathlib import Path
 
 
 def add_data_options(p: argparse.ArgumentParser, default: str = "mnist-sample") -> None:
-    p.add_argument("--dataset", default=default, help="dataset name (see `gradguard datasets`) or npz:PATH")
+    p.add_argument("--dataset", default=default, help="dataset name (see `gradguard datasets`), npz:PATH or "
+                                                      "folder:PATH (an ImageFolder: PATH/<class>/<image>)")
     add_data_root(p)
     p.add_argument("--download", action="store_true", help="let torchvision download missing files (needs internet)")
 
@@ -20,7 +21,8 @@ def add_data_root(p: argparse.ArgumentParser) -> None:
 
 
 def add_model_option(p: argparse.ArgumentParser, default: str = "lenet") -> None:
-    p.add_argument("--model", default=default, help="model name: lenet, convnet or resnet18")
+    p.add_argument("--model", default=default, help="model name: lenet, convnet or resnet18; or your own, PATH.py:NAME "
+                                                    "or package.module:NAME (docs/audit.md)")
 
 
 def add_seed_option(p: argparse.ArgumentParser) -> None:

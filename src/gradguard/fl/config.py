@@ -10,6 +10,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationIn
 from ..defenses import DEFENSES
 from ..errors import ConfigError, describe_validation_error
 from ..models.registry import MODELS
+from ..models.user import UserModelSpec, is_user_spec
 
 # Model options the simulator uses unless the config names its own. The sigmoid LeNet with
 # PyTorch's default initialisation stays at chance (10% on mnist-sample after 800 SGD steps at
@@ -70,6 +71,9 @@ class SimulationConfig(BaseModel):
     @classmethod
     def _registered(cls, name: str, info: ValidationInfo) -> str:
         registry = MODELS if info.field_name == "model" else DEFENSES
+        if info.field_name == "model" and is_user_spec(name):
+            UserModelSpec.parse(name)  # the text's form; the file and the name are checked when it is built
+            return name
         if name not in registry:
             raise ConfigError(f"unknown {info.field_name} {name!r}; choose one of {sorted(registry)}")
         return name

@@ -12,6 +12,7 @@ from ..errors import ConfigError, config_errors
 from ..grads import eval_mode
 from .lenet import ConvNet, LeNet
 from .resnet import ResNet18
+from .user import build_user_model, is_user_spec
 
 MODELS: dict[str, Callable[..., nn.Module]] = {
     "lenet": LeNet,
@@ -41,9 +42,16 @@ MODEL_OPTIONS: dict[str, type[ModelOptions]] = {"lenet": LeNetOptions, "convnet"
 def build_model(name: str, image_shape: tuple[int, int, int], num_classes: int, *, mean=None, std=None,
                 **options) -> nn.Module:
     """Build model ``name`` for images of ``image_shape`` (C, H, W); ``options`` go to its class
-    (``dlg_init`` for lenet, ``width`` for convnet)."""
+    (``dlg_init`` for lenet, ``width`` for convnet). ``name`` can also be your own model,
+    ``PATH.py:NAME`` or ``package.module:NAME`` (:mod:`gradguard.models.user`), which takes no options."""
+    if is_user_spec(name):
+        if options:
+            raise ConfigError(f"model: {name} takes no options (got {sorted(options)}); its constructor gets "
+                              f"num_classes, in_channels and image_size")
+        return build_user_model(name, image_shape, num_classes, mean=mean, std=std)
     if name not in MODELS:
-        raise ConfigError(f"model: unknown name {name!r}; choose one of {sorted(MODELS)}")
+        raise ConfigError(f"model: unknown name {name!r}; choose one of {sorted(MODELS)} or PATH.py:NAME / "
+                          f"package.module:NAME for your own")
     if name in MODEL_OPTIONS:  # a model registered without an options class gets its options unchecked
         with config_errors(f"model {name!r}: bad option"):
             options = MODEL_OPTIONS[name](**options).model_dump()
