@@ -23,6 +23,7 @@ says whether the last inverter was trained or loaded, and how long training took
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import json
 import os
@@ -35,7 +36,7 @@ import torch
 from torch import Tensor, nn
 
 from ..errors import ConfigError
-from ..grads import flatten, per_sample_gradients, trainable_parameters
+from ..grads import batch_gradient, flatten, has_batchnorm, is_batchnorm, per_sample_gradients, trainable_parameters
 from ..rng import make_generator, seeded_global_rng
 from .adaptive import AdaptiveAttack, Observation, Prepared, register_adaptive
 from .labels import idlg_labels, last_linear
@@ -81,6 +82,21 @@ class Inverter(nn.Module):
     def forward(self, gradients: Tensor) -> Tensor:
         z = (self.features(gradients) - self.mean) / self.std
         return torch.sigmoid(self.net(z)).view(-1, *self.image_shape)
+
+
+def _per_sample(model: nn.Module, x: Tensor, y: Tensor) -> list[Tensor]:
+    """Each image's gradient, as a client at batch size 1 computes it. BatchNorm in train mode
+    normalises a batch of one with that image's own statistics, which vmapped per-sample
+    gradients refuse (they would mix a batch): then one plain backward pass per image, on a copy
+    that leaves the running statistics alone."""
+    if not (model.training and has_batchnorm(model)):
+        return per_sample_gradients(model, x, y)
+    copied = copy.deepcopy(model)
+    for module in copied.modules():
+        if is_batchnorm(module):
+            module.track_running_stats = False
+    rows = [batch_gradient(copied, x[i:i + 1], y[i:i + 1]) for i in range(len(x))]
+    return [torch.stack(parts) for parts in zip(*rows)]
 
 
 @dataclass(frozen=True)
@@ -175,6 +191,8 @@ class LearnedInversion(AdaptiveAttack):
         digest.update(y.contiguous().numpy().tobytes())
         described: dict[str, Any] = {"defense": defense.name, "config": defense.config.model_dump(mode="json"),
                                      "settings": self.settings, "version": 1}
+        if has_batchnorm(model) or any(isinstance(m, nn.modules.dropout._DropoutNd) for m in model.modules()):
+            described["training"] = model.training  # the mode changes these layers' gradients
         digest.update(json.dumps(described, sort_keys=True, default=str).encode())
         return digest.hexdigest()[:32]
 
@@ -185,7 +203,7 @@ class LearnedInversion(AdaptiveAttack):
         rows = []
         for start in range(0, len(x), 256):
             xs, ys = x[start:start + 256], y[start:start + 256]
-            per_sample = per_sample_gradients(model, xs, ys)
+            per_sample = _per_sample(model, xs, ys)
             for i in range(len(xs)):
                 clean = [g[i] for g in per_sample]
                 one = (xs[i:i + 1], ys[i:i + 1])

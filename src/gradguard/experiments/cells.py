@@ -16,6 +16,7 @@ message instead of silently recomputing or mixing results).
 from __future__ import annotations
 
 import base64
+import copy
 import hashlib
 import json
 from dataclasses import dataclass
@@ -84,6 +85,11 @@ def cell_key(kind: str, config: dict[str, Any]) -> str:
     return hashlib.sha256(canonical.encode()).hexdigest()[:32]
 
 
+def _short(reference: str) -> str:
+    """A dataset reference without its pin (``folder:PATH;sha256=...`` -> ``folder:PATH``), for messages."""
+    return reference.split(";")[0]
+
+
 def _options(options: dict[str, Any]) -> str:
     return ",".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in options.items())
 
@@ -117,7 +123,9 @@ class AttackCell(Cell):
         return " + ".join(part for part in (self.adaptive, self.attack) if part)
 
     def describe(self) -> str:
-        return f"{self.dataset}: {self.label()} vs {self.defense} {_options(self.defense_options)}".strip()
+        batch = f" (batch {self.batch_size})" if self.batch_size > 1 else ""
+        return f"{_short(self.dataset)}: {self.label()} vs {self.defense} {_options(self.defense_options)}".strip() \
+            + batch
 
 
 class TrainCell(Cell):
@@ -133,7 +141,7 @@ class TrainCell(Cell):
     seed: int
 
     def describe(self) -> str:
-        return f"{self.dataset}: train with {self.defense} {_options(self.defense_options)}".strip()
+        return f"{_short(self.dataset)}: train with {self.defense} {_options(self.defense_options)}".strip()
 
 
 class SearchCell(Cell):
@@ -163,7 +171,7 @@ class SearchCell(Cell):
         probe = self.probes[0]
         target = f"{self.reference[0].defense}'s PSNR" if self.reference else "the floor"
         attacks = "the worst case" if len(self.probes) > 1 else probe.label()
-        return (f"{probe.dataset}: search {probe.defense} {self.strength.option} in "
+        return (f"{_short(probe.dataset)}: search {probe.defense} {self.strength.option} in "
                 f"[{self.strength.low:g}, {self.strength.high:g}] x{self.strength.scale:g} for {target} "
                 f"+ {self.tolerance_db:g} dB under {attacks}")
 
@@ -251,6 +259,20 @@ def floors(dataset, index: list[int], truth: Tensor) -> dict[str, list[float]]:
             "class_floor_psnr_each": by_label.psnr.tolist(), "class_floor_ssim_each": by_label.ssim.tolist()}
 
 
+def attacker_view(model: torch.nn.Module) -> torch.nn.Module:
+    """The model as the attacker evaluates it: the client's, with dropout off when it was on (the
+    attacker cannot know the client's random dropout masks, so it matches the expected network;
+    BatchNorm keeps the client's mode). The model itself when it has no active dropout."""
+    dropouts = [m for m in model.modules() if isinstance(m, torch.nn.modules.dropout._DropoutNd) and m.training]
+    if not dropouts:
+        return model
+    view = copy.deepcopy(model)
+    for module in view.modules():
+        if isinstance(module, torch.nn.modules.dropout._DropoutNd):
+            module.eval()
+    return view
+
+
 @dataclass(frozen=True)
 class AttackOutcome:
     """An attack cell's result (``record``, what the store keeps) and the tensors behind it."""
@@ -277,8 +299,10 @@ def run_attack(cell: AttackCell, data_root: Path | None, dataset=None, progress=
     truth, labels = dataset.x_train[index], dataset.y_train[index]
     batch = cell.batch_size
     batches = [(truth[s:s + batch], labels[s:s + batch], s) for s in range(0, len(index), batch)]
-    observations = [observe(defense, model, x, y, adaptive.rounds if adaptive else 1,
-                            lambda r, s=s: make_generator(seed, "defense", s, r)) for x, y, s in batches]
+    with seeded_global_rng(seed, "client-forward"):  # dropout in train mode draws its masks from the global RNG
+        observations = [observe(defense, model, x, y, adaptive.rounds if adaptive else 1,
+                                lambda r, s=s: make_generator(seed, "defense", s, r)) for x, y, s in batches]
+    model = attacker_view(model)
     generator = make_generator(seed, "attack")
     detection: list[dict[str, float]] = []
     images_out: list[Tensor] = []
@@ -334,9 +358,11 @@ def run_attack(cell: AttackCell, data_root: Path | None, dataset=None, progress=
 def train_cell(cell: TrainCell, data_root: Path | None) -> dict[str, Any]:
     from ..fl import SimulationConfig, simulate
 
-    history = simulate(SimulationConfig(dataset=cell.dataset, model=cell.model, defense=cell.defense,
-                                        defense_options=cell.defense_options, seed=cell.seed,
-                                        **cell.train.model_dump(), data_root=data_root, reproducible_noise=True))
+    config = SimulationConfig(dataset=cell.dataset, model=cell.model, defense=cell.defense,
+                              defense_options=cell.defense_options, seed=cell.seed, **cell.train.model_dump(),
+                              data_root=data_root, reproducible_noise=True)
+    with seeded_global_rng(cell.seed, "train-forward"):  # dropout's masks come from the global RNG
+        history = simulate(config)
     return {"summary": history.summary(),
             "curve": [[r.round, r.accuracy] for r in history.evaluated],
             "accuracy": history.final_accuracy, "art_s": history.art}
