@@ -10,9 +10,11 @@ The public API, re-exported here:
 - attacks: :class:`Attack` (``Attack.from_config("dlg").reconstruct(...)``), :data:`ATTACKS`
 - defenses: :class:`Defense` (``Defense.from_config("graddefense").defend(...)``), :data:`DEFENSES`
 - federated simulation: :func:`simulate`, :class:`SimulationConfig`, :class:`History`
+- audits of your own model and data: :func:`audit` -> :class:`AuditResult` (docs/audit.md)
 """
 
 from .attacks import ATTACKS, Attack, AttackConfig, Reconstruction
+from .auditing import AuditResult, audit
 from .data import ImageDataset, load_dataset, partition_dirichlet, partition_iid
 from .defenses import DEFENSES, Compensator, Defense, DefenseContext
 from .errors import ConfigError, DatasetFormatError, DatasetNotFoundError, GradguardError
@@ -24,9 +26,9 @@ from .models import build_model, model_for
 __version__ = "0.1.0"
 
 __all__ = [
-    "ATTACKS", "Attack", "AttackConfig", "Compensator", "ConfigError", "DEFENSES", "DatasetFormatError",
+    "ATTACKS", "Attack", "AttackConfig", "AuditResult", "Compensator", "ConfigError", "DEFENSES", "DatasetFormatError",
     "DatasetNotFoundError", "Defense", "DefenseContext", "GradguardError", "History", "ImageDataset",
-    "Reconstruction", "SimulationConfig", "batch_gradient", "build_model", "label_accuracy", "load_dataset",
+    "Reconstruction", "SimulationConfig", "audit", "batch_gradient", "build_model", "label_accuracy", "load_dataset",
     "model_for", "partition_dirichlet", "partition_iid", "per_sample_gradients", "psnr", "score_reconstruction",
     "simulate", "ssim",
 ]

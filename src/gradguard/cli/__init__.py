@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import sys
 
-from . import attack, defenses, experiments, info, train  # noqa: F401  (each import registers its commands)
+from . import attack, audit, defenses, experiments, info, train  # noqa: F401  (each import registers its commands)
 from .app import COMMANDS, command, run
 
 
