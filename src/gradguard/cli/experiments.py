@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import time
 from pathlib import Path
 
@@ -135,6 +136,9 @@ def reproduce_command(args) -> None:
 
 def _configure_demo(p) -> None:
     _add_run_options(p, "runs/demo")
+    # the main job uses the machine: one single-threaded worker per core, at most two (the
+    # development machine's count; a LeNet cell gains nothing from more threads)
+    p.set_defaults(jobs=max(1, min(2, os.cpu_count() or 1)))
 
 
 @command("demo", "The main job: the quick profile on the embedded MNIST sample, summary and HTML report.",

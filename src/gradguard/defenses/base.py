@@ -140,6 +140,11 @@ class Defense(ABC):
         """The server-side compensator for this defense, or None when the plain average is best."""
         return None
 
+    def costly_steps(self, local_steps: int) -> int:
+        """Of a client's ``local_steps`` in one training round, how many pay this defense's own
+        cost (a run's duration estimate multiplies it by the cost model's per-step seconds)."""
+        return local_steps
+
     def noise_model(self, batch_size: int = 1) -> NoiseModel | None:
         """The public noise of this configuration for a batch of ``batch_size``, or None when
         the defense adds no random noise."""

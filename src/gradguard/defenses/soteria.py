@@ -59,6 +59,10 @@ class Soteria(Defense):
         super().__init__(config, **options)
         self._round_masks: dict[int, tuple[int, Tensor]] = {}  # client -> (round, pruned features)
 
+    def costly_steps(self, local_steps: int) -> int:
+        """The ranking is the cost; per round it is made once with ``mask_per="round"``."""
+        return 1 if self.config.mask_per == "round" else local_steps
+
     def perturbed_parameters(self) -> tuple[str, ...]:
         """Only the last linear layer's weight gradient (``fc.weight``) is ever changed."""
         return ("fc.weight",)

@@ -79,8 +79,11 @@ class Plan:
             return own + cell.images * config.iterations * config.restarts * costs.iteration_s(cell.attack)
         if isinstance(cell, TrainCell):
             train = cell.train
-            steps = train.rounds * max(1, round(train.clients * train.fraction)) * (train.local_steps or 10)
-            return steps * (costs.client_step_s + costs.defense_step_s.get(cell.defense, 0.0))
+            clients_rounds = train.rounds * max(1, round(train.clients * train.fraction))
+            steps = train.local_steps or 10
+            defended = Defense.from_config(cell.defense, **cell.defense_options).costly_steps(steps)
+            defense_s = costs.defense_step_s.get(cell.defense, 0.0)
+            return clients_rounds * (steps * costs.client_step_s + defended * defense_s)
         if isinstance(cell, SearchCell):
             return (cell.steps + 2) * sum(self.estimate_s(probe) for probe in cell.probes)
         raise TypeError(type(cell).__name__)

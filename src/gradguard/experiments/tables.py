@@ -110,12 +110,17 @@ def accuracy_table(store: ResultStore, plan: dict[str, Any]) -> Table:
                  ["dataset", "defense", "ACC", "ART", "ART vs none"], rows)
 
 
+def _number(value: Any) -> str:
+    """A number to 4 significant digits; any other option value (a mode's name) as it is."""
+    return f"{value:.4g}" if isinstance(value, int | float) and not isinstance(value, bool) else str(value)
+
+
 def strength_table(plan: dict[str, Any]) -> Table:
     """Which strength each defense with a strength knob ran at, and how it was set."""
     rows = []
     for search_id, info in plan["strengths"].items():
         dataset, _, defense = search_id.rpartition("/")
-        option = ", ".join(f"{k}={v:.4g}" for k, v in info["options"].items())
+        option = ", ".join(f"{k}={_number(v)}" for k, v in info["options"].items())
         how = info["method"] if info["method"] != "search" else (
             f"search: PSNR {info['psnr']:.1f} dB vs target {info['target_psnr']:.1f} dB"
             + ("" if info["met"] else " (target not reached at the strongest setting)"))
