@@ -239,3 +239,83 @@ def test_allocation_by_risk_needs_a_risk_measure():
         GradDefense(allocation="risk", sensitivity="uniform")
     with pytest.raises(ConfigError, match="clip_per_sample needs clip"):
         GradDefense(clip=None, clip_per_sample=True)
+
+
+def _noise(defense, grads, context):
+    """What the defense added to ``grads`` (its clipping is a no-op on these small gradients)."""
+    return flatten(defense.defend(grads, context)) - flatten(grads)
+
+
+def _correlation(a, b):
+    return float(torch.corrcoef(torch.stack([a, b]))[0, 1])
+
+
+def test_memoised_noise_repeats_for_the_same_gradient_and_is_independent_for_any_other(lenet_batch):
+    model, x, y = lenet_batch
+    grads = [g * 1e-3 for g in batch_gradient(model, x[:8], y[:8])]  # slices far below clip=1: no clipping
+    defense = GradDefense()  # the default: memoised, relative noise on every slice
+    first = _noise(defense, grads, DefenseContext(generator=seeded(1), client=0, round=0))
+    # the same clean gradient, sent again in another round with another generator: the same noise
+    again = _noise(defense, grads, DefenseContext(generator=seeded(2), client=0, round=7, step=3))
+    assert torch.equal(first, again)
+    assert float(first.std()) == pytest.approx(defense.config.noise_std, rel=0.05)
+    # one bit of one element changed: noise independent of the first
+    nudged = [g.clone() for g in grads]
+    nudged[3].view(-1)[5] = torch.nextafter(nudged[3].view(-1)[5], torch.tensor(1.0))
+    other = _noise(defense, nudged, DefenseContext(generator=seeded(1), client=0, round=0))
+    assert not torch.equal(other, first)
+    assert abs(_correlation(first, other)) < 0.05  # about 0.009 std over 13,426 elements
+    # another client (its own secret), and another defense object (another process), same gradient
+    for noise in (_noise(defense, grads, DefenseContext(generator=seeded(3), client=1)),
+                  _noise(GradDefense(), grads, DefenseContext(client=0))):
+        assert abs(_correlation(first, noise)) < 0.05
+    # the secret is drawn once per client and appears in nothing the defense publishes
+    assert set(defense._secrets) == {0, 1}
+    for secret in defense._secrets.values():
+        assert len(secret) == 16
+        assert secret.hex() not in repr(defense) and secret.hex() not in str(defense.noise_model())
+
+
+@pytest.mark.parametrize("memoize", [True, False])
+@pytest.mark.parametrize("size", [40_000, 40_003])  # a multiple of S, and one that needs padding
+def test_noise_mean_and_variance_per_slice(memoize, size):
+    sigma = 0.5
+    defense = GradDefense(sensitivity="uniform", sigma=sigma, clip=None, slices=10, chosen=4, memoize=memoize)
+    grads = zeros_gradient(size - 3_000, 3_000)
+    out, secret = defense.defend_with_secret(grads, DefenseContext(generator=seeded(11)))
+    out = flatten(out)
+    bounds = defense._clients[0].bounds.tolist()
+    assert bounds[0] == 0 and bounds[-1] == size and len(bounds) == 11
+    noisy = 0
+    for a, b in zip(bounds[:-1], bounds[1:]):
+        part = out[a:b]
+        if not bool(secret[a:b].any()):
+            assert torch.equal(part, torch.zeros_like(part))  # clean slices untouched
+            continue
+        noisy += 1
+        assert bool(secret[a:b].all())
+        n = b - a
+        assert abs(float(part.mean())) < 5 * sigma / n ** 0.5
+        assert float(part.var()) == pytest.approx(sigma ** 2, rel=6 * (2 / n) ** 0.5)
+    assert noisy == 4
+
+
+def test_default_noise_per_slice_after_clipping(lenet_batch):
+    """The default (every slice clipped to norm 1, noise std 0.2): each slice's noise has mean 0
+    and variance 0.04, and each slice of the result minus its noise has norm at most 1."""
+    model, x, y = lenet_batch
+    grads = [g * 50 for g in batch_gradient(model, x[:8], y[:8])]  # large enough that slices get clipped
+    defense = GradDefense()
+    out = flatten(defense.defend(grads, DefenseContext(generator=seeded(12))))
+    clean = flatten(grads)
+    bounds = defense._clients[0].bounds.tolist()
+    clipped = 0
+    for a, b in zip(bounds[:-1], bounds[1:]):
+        norm = float(clean[a:b].norm())
+        kept = clean[a:b] * min(1.0, 1.0 / norm)
+        clipped += norm > 1
+        noise = out[a:b] - kept
+        n = b - a
+        assert abs(float(noise.mean())) < 5 * 0.2 / n ** 0.5
+        assert float(noise.var()) == pytest.approx(0.04, rel=6 * (2 / n) ** 0.5)
+    assert clipped >= 1

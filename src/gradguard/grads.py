@@ -18,6 +18,7 @@ from typing import TypeGuard
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+from torch._utils import _flatten_dense_tensors, _unflatten_dense_tensors
 from torch.func import functional_call, grad, vmap
 from torch.nn.modules.batchnorm import _BatchNorm
 
@@ -104,8 +105,12 @@ def per_sample_gradients(model: nn.Module, x: Tensor, y: Tensor, loss_fn: LossFn
 
 
 def flatten(grads: Sequence[Tensor]) -> Tensor:
-    """Concatenate a gradient into one flat vector (the "P elements" of docs/design.md section 2)."""
-    return torch.cat([g.reshape(-1) for g in grads])
+    """Concatenate a gradient into one flat vector (the "P elements" of docs/design.md section 2):
+    always a new tensor. One call into torch's C++ helper (the one DDP uses), not a Python loop
+    of reshapes: defenses flatten on every client step, where per-call overhead dominates."""
+    if len(grads) == 1:  # the helper returns a view of a lone tensor
+        return grads[0].reshape(-1).clone()
+    return _flatten_dense_tensors(list(grads))
 
 
 def flatten_batched(grads: Sequence[Tensor]) -> Tensor:
@@ -115,7 +120,7 @@ def flatten_batched(grads: Sequence[Tensor]) -> Tensor:
 
 def unflatten(vector: Tensor, like: Sequence[Tensor]) -> Gradient:
     """Split a flat vector back into tensors shaped like ``like``."""
-    sizes = [t.numel() for t in like]
-    if vector.numel() != sum(sizes):
-        raise ValueError(f"unflatten: vector has {vector.numel()} elements, the shapes need {sum(sizes)}")
-    return [chunk.view_as(t) for chunk, t in zip(vector.split(sizes), like)]
+    total = sum(t.numel() for t in like)
+    if vector.numel() != total:
+        raise ValueError(f"unflatten: vector has {vector.numel()} elements, the shapes need {total}")
+    return list(_unflatten_dense_tensors(vector, list(like)))  # views of ``vector``, one C++ call

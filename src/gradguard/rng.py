@@ -5,7 +5,7 @@
   same in every process and on every platform, unlike ``hash``.
 - :func:`make_generator` is a ``torch.Generator`` seeded that way, or from OS entropy when the
   seed is None (defenses' noise by default: docs/design.md section 1, randomness is explicit).
-- :func:`keyed_generator` is seeded from a keyed hash of some bytes (graddefense's memoised noise:
+- :func:`keyed_generator` is seeded from a keyed hash (HMAC-SHA256) of some bytes (graddefense's memoised noise:
   the same gradient always gets the same noise, and only the client knows the key).
 - :func:`new_secret` draws such a key.
 - :func:`seeded_global_rng` is for the code that can only draw from torch's global RNG
@@ -18,6 +18,7 @@ whose state is restored on exit).
 from __future__ import annotations
 
 import hashlib
+import hmac
 import os
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -64,10 +65,13 @@ def make_generator(seed: int | None = None, *purpose: object,
     return generator
 
 
-def keyed_generator(secret: bytes, data: bytes, device: str | torch.device | None = None) -> torch.Generator:
-    """A generator seeded from the keyed BLAKE2b hash of ``data`` under ``secret``: the same data
-    always gives the same stream, and without the secret the stream cannot be predicted."""
-    digest = hashlib.blake2b(data, key=secret, digest_size=8).digest()
+def keyed_generator(secret: bytes, data: bytes | memoryview, device: str | torch.device | None = None
+                    ) -> torch.Generator:
+    """A generator seeded from the keyed hash (HMAC-SHA256) of ``data`` under ``secret``: the
+    same data always gives the same stream, and without the secret the stream cannot be
+    predicted. ``data`` may be a memoryview (e.g. of a tensor's NumPy array), hashed in place
+    without a copy."""
+    digest = hmac.digest(secret, data, "sha256")[:8]
     generator = torch.Generator(device=device) if device is not None else torch.Generator()
     generator.manual_seed(int.from_bytes(digest, "little") & _MASK)
     return generator

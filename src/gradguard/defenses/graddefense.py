@@ -37,6 +37,7 @@ Deviations from the original code, and why:
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import ClassVar, Literal
 
@@ -61,7 +62,7 @@ from .base import (
 from .compensation import MarchenkoPastur, SpectralShrinkage
 from .rng import choose, generator_for, normal
 from .sensitivity import root_set, tensor_risks
-from .slicing import check_slice_count, group_bounds, risk_balanced_bounds
+from .slicing import SliceLayout, check_slice_count, equal_bounds, group_bounds, risk_balanced_bounds
 
 
 class GradDefenseConfig(DefenseConfig):
@@ -140,9 +141,19 @@ class GradDefensePaperConfig(GradDefenseConfig):
 class _ClientState:
     """What one client caches between risk refreshes."""
 
-    bounds: Tensor  # S + 1 slice bounds into the flat gradient
+    layout: SliceLayout  # the S slices and their per-slice operations
     density: Tensor | None  # risk per element of each slice (for allocation="risk")
     refreshed: int  # round of the last refresh
+    fixed: bool = False  # slices that never change (one slice, or equal sizes): never refreshed
+
+    @property
+    def bounds(self) -> Tensor:
+        """S + 1 slice bounds into the flat gradient."""
+        return self.layout.bounds
+
+    @property
+    def size(self) -> int:
+        return self.layout.size
 
 
 @register
@@ -160,6 +171,8 @@ class GradDefense(Defense):
         super().__init__(config, **options)
         self._clients: dict[int, _ClientState] = {}
         self._secrets: dict[int, bytes] = {}
+        self._shared: dict[int, _ClientState] = {}  # slices common to every client, per gradient size
+        self._padding: dict[int, Tensor] = {}  # zeros that pad the flat gradient for equal slices
         self._fraction = self.config.chosen / self.config.slices
 
     @property
@@ -168,31 +181,70 @@ class GradDefense(Defense):
         return self._fraction
 
     def defend(self, grads, context: DefenseContext) -> Gradient:
-        return self.defend_with_secret(grads, context)[0]
+        return unflatten(self._perturb(grads, context, secret=False)[0], grads)
 
     def defend_with_secret(self, grads, context: DefenseContext) -> tuple[Gradient, Tensor]:
         """The defended gradient and the mask of the elements that got noise (the secret)."""
+        flat, mask = self._perturb(grads, context, secret=True)
+        assert mask is not None
+        return unflatten(flat, grads), mask
+
+    def _perturb(self, grads, context: DefenseContext, *, secret: bool) -> tuple[Tensor, Tensor | None]:
+        """The defended flat gradient and, with ``secret``, the mask of the noisy elements.
+
+        Everything per slice is one tensor operation over all slices (:class:`SliceLayout`:
+        equal-size slices are the rows of one matrix view of the flat gradient, padded with
+        fewer than S zeros); the noise is one draw, already scaled when every slice gets the
+        same std, and the result is written into it (clip factor times gradient plus noise in
+        one pass). A client step runs this after a backward pass has evicted every cache, so
+        each tensor operation costs tens of microseconds: the default path uses seven."""
         c = self.config
-        flat = flatten(grads)  # a new tensor: the input is never written
-        if not torch.isfinite(flat.sum()):  # one reduction; the exact per-tensor check only when in doubt
+        size = sum(g.numel() for g in grads)
+        state = self._fixed_state(size, context)
+        padding = state.layout.padding if state is not None else 0
+        # a new tensor (the input is never written), padded for the row view of equal slices
+        flat = flatten([*grads, self._zeros(padding)]) if padding else flatten(grads)
+        if c.clip is None or c.clip_per_sample:  # otherwise the slice norms of the clipping say it
+            self._check_finite(float(flat.sum()), grads)
+        generator = self._memoized(flat, context) if c.memoize else generator_for(context)
+        if state is None:
+            state = self._state(grads, context, generator)
+        layout = state.layout
+        count = self.chosen_count(layout.count)
+        chosen = None  # k = S: nothing to draw, every slice is chosen
+        if count < layout.count:
+            chosen = torch.zeros(layout.count, dtype=torch.bool)
+            chosen[choose(count, layout.count, generator)] = True
+        factor = self._clip(flat, layout, chosen, context, grads) if c.clip is not None else None
+        stds = self._stds(state, chosen)
+        if isinstance(stds, float):
+            noise = normal(flat.numel(), generator, flat, std=stds)  # one draw for the whole gradient
+        else:
+            noise = layout.scale_(normal(flat.numel(), generator, flat), stds)
+        if factor is None:
+            out = noise.add_(flat)
+        elif layout.stride is not None and flat.numel() == layout.size + layout.padding:
+            out = noise
+            layout.rows(out).addcmul_(layout.rows(flat), factor.unsqueeze(-1))
+        else:
+            out = noise.add_(layout.scale_(flat, factor))
+        out = out[:size] if padding else out
+        if not secret:
+            return out, None
+        mask = torch.ones(size, dtype=torch.bool) if chosen is None else layout.expand(chosen)
+        return out, mask
+
+    def _check_finite(self, total: float, grads) -> None:
+        """One reduction of the gradient is finite unless an element is NaN or inf (or the sum
+        overflows): only then the exact per-tensor check, which raises for NaN and inf."""
+        if not math.isfinite(total):
             check_finite(grads, self.name)
-        generator = generator_for(context)
-        if c.memoize:
-            generator = self._memoized(flat, context, generator)
-        state = self._state(grads, context, generator)
-        slice_count = len(state.bounds) - 1
-        chosen = choose(self.chosen_count(slice_count), slice_count, generator)
-        starts, ends = state.bounds[chosen].tolist(), state.bounds[chosen + 1].tolist()
-        if c.clip is not None:
-            self._clip(flat, starts, ends, context)
-        lengths = [end - start for start, end in zip(starts, ends)]
-        stds = self._stds(state, chosen, lengths)
-        noise = normal(sum(lengths), generator, flat)  # one draw for all chosen slices
-        secret = torch.zeros(flat.numel(), dtype=torch.bool)
-        for start, end, part, std in zip(starts, ends, noise.split(lengths), stds):
-            flat[start:end] += part * std
-            secret[start:end] = True
-        return unflatten(flat, grads), secret
+
+    def _zeros(self, count: int) -> Tensor:
+        zeros = self._padding.get(count)
+        if zeros is None:
+            zeros = self._padding[count] = torch.zeros(count)
+        return zeros
 
     def noise_model(self, batch_size: int = 1) -> NoiseModel:
         return NoiseModel("gaussian", self.config.noise_std, self._fraction, fresh=not self.config.memoize)
@@ -231,19 +283,29 @@ class GradDefense(Defense):
         scale = (lengths.sum() / (lengths * weight.square()).sum()).sqrt()
         return (base * weight * scale).float()
 
-    def _stds(self, state: _ClientState, chosen: Tensor, lengths: list[int]) -> list[float]:
+    def _stds(self, state: _ClientState, chosen: Tensor | None) -> float | Tensor:
+        """The noise std: one number when every chosen element gets the same one and every slice
+        is chosen, else per slice (zero for the slices left clean)."""
+        base = self.config.noise_std
         if self.config.allocation == "uniform" or state.density is None:
-            return [self.config.noise_std] * len(lengths)
-        return self.slice_stds(state.density[chosen], torch.tensor(lengths)).tolist()
+            return base if chosen is None else chosen.to(torch.get_default_dtype()) * base
+        stds = torch.zeros(state.layout.count)
+        picked = torch.ones(state.layout.count, dtype=torch.bool) if chosen is None else chosen
+        stds[picked] = self.slice_stds(state.density[picked], state.layout.lengths[picked])
+        return stds
 
-    def _memoized(self, flat: Tensor, context: DefenseContext, generator: torch.Generator) -> torch.Generator:
+    def _memoized(self, flat: Tensor, context: DefenseContext) -> torch.Generator:
         """A generator seeded from the client's secret and the clean gradient's bytes: the same
-        gradient (same model, same batch) always gets the same slices and noise. Without this,
-        a server that replays a model to one client averages fresh noise away (the permanent
-        randomised response of RAPPOR answers the same threat)."""
-        if context.client not in self._secrets:  # drawn once per client: from OS entropy unless seeded
-            self._secrets[context.client] = new_secret(generator)
-        return keyed_generator(self._secrets[context.client], flat.detach().cpu().numpy().tobytes())
+        gradient (same model, same batch) always gets the same slices and noise, a different
+        one (a single bit differs) gets a stream seeded by an unrelated keyed hash. Without
+        this, a server that replays a model to one client averages fresh noise away (the
+        permanent randomised response of RAPPOR answers the same threat). The secret is drawn
+        once per client (from OS entropy unless the context's generator is seeded) and never
+        leaves this object; the hash reads the gradient's memory in place, without a copy."""
+        key = self._secrets.get(context.client)
+        if key is None:
+            key = self._secrets[context.client] = new_secret(generator_for(context))
+        return keyed_generator(key, flat.detach().cpu().numpy().data)
 
     def _needs_slices(self) -> bool:
         """Whether the slice bounds matter: with k = S, uniform noise and no clipping every element
@@ -251,19 +313,33 @@ class GradDefense(Defense):
         c = self.config
         return not (c.slicing == "risk" and c.chosen == c.slices and c.allocation == "uniform" and c.clip is None)
 
+    def _fixed_state(self, size: int, context: DefenseContext) -> _ClientState | None:
+        """The slices when they depend on neither the client nor the round (one slice, or S
+        equal-size ones): computed once per gradient size and shared; None otherwise."""
+        if self._needs_slices() and not self._equal_slices():
+            return None
+        state = self._shared.get(size)
+        if state is None:
+            check_slice_count(self.config.slices, size)
+            bounds = equal_bounds(size, self.config.slices) if self._needs_slices() else torch.tensor([0, size])
+            state = self._shared[size] = _ClientState(SliceLayout(bounds), None, 0, fixed=True)
+        self._clients[context.client] = state
+        return state
+
     def _state(self, grads, context: DefenseContext, generator: torch.Generator) -> _ClientState:
         """The client's cached slices, refreshed every R rounds."""
         size = sum(g.numel() for g in grads)
-        if not self._needs_slices():
-            check_slice_count(self.config.slices, size)
-            return _ClientState(torch.tensor([0, size]), None, context.round)
         state = self._clients.get(context.client)
-        if (state is None or int(state.bounds[-1]) != size
+        if (state is None or state.size != size
                 or not 0 <= context.round - state.refreshed < self.config.refresh_every):
             bounds, density = self._slice(grads, context, generator)
-            state = _ClientState(bounds, density, context.round)
+            state = _ClientState(SliceLayout(bounds), density, context.round)
             self._clients[context.client] = state
         return state
+
+    def _equal_slices(self) -> bool:
+        """Whether the slices are S equal-size ones (uniform risk): the same for every client and round."""
+        return self.config.slicing == "risk" and self.config.sensitivity == "uniform"
 
     def _slice(self, grads, context: DefenseContext, generator: torch.Generator) -> tuple[Tensor, Tensor | None]:
         """Slice bounds and, for allocation='risk', each slice's risk per element."""
@@ -277,6 +353,8 @@ class GradDefense(Defense):
                 risks = self._risks(grads, context, generator)
                 return bounds, _slice_density(bounds, risks, sizes)
             return bounds, None
+        if self._equal_slices():
+            return equal_bounds(int(sizes.sum()), c.slices), None
         risks = self._risks(grads, context, generator)
         bounds = risk_balanced_bounds(risks, sizes, c.slices)
         return bounds, (_slice_density(bounds, risks, sizes) if c.allocation == "risk" else None)
@@ -293,28 +371,38 @@ class GradDefense(Defense):
         probe: Literal["ones", "hutchinson"] = "ones" if c.sensitivity == "ones" else "hutchinson"
         return tensor_risks(context.model, x, y, probe=probe, probes=c.probes, generator=generator)
 
-    def _clip(self, flat: Tensor, starts: list[int], ends: list[int], context: DefenseContext) -> None:
-        """Scale each chosen slice of ``flat`` (our own copy) to L2 norm at most C; with
-        clip_per_sample, replace it by the mean of the per-sample parts clipped to norm C
-        (assumes the gradient is the mean of the per-sample gradients)."""
+    def _clip(self, flat: Tensor, layout: SliceLayout, chosen: Tensor | None, context: DefenseContext,
+              grads) -> Tensor | None:
+        """The factor (per slice) that scales each chosen slice of ``flat`` to L2 norm at most C
+        (1 for the slices left clean), or None after clip_per_sample has replaced each chosen
+        slice of ``flat`` (our own copy) by the mean of the per-sample parts clipped to norm C
+        (assumes the gradient is the mean of the per-sample gradients). All slices at once."""
         clip = self.config.clip
         assert clip is not None
         if not self.config.clip_per_sample:
-            for start, end in zip(starts, ends):
-                part = flat[start:end]
-                part.mul_((clip / part.norm().clamp(min=1e-12)).clamp(max=1.0))
-            return
+            # S numbers: reading them once and computing min(1, C / norm) in Python costs less
+            # than three tensor operations on a cold cache
+            norms = layout.norms(flat).tolist()
+            self._check_finite(math.fsum(norms), grads)
+            picked = [True] * len(norms) if chosen is None else chosen.tolist()
+            return torch.tensor([clip / max(n, clip) if p else 1.0 for n, p in zip(norms, picked)],  # zero norm: 1
+                                dtype=flat.dtype)
         per_sample = context.per_sample
         if per_sample is None:
             if context.model is None or context.x is None or context.y is None:
                 raise ConfigError("graddefense: clip_per_sample needs per-sample gradients: pass "
                                   "context.per_sample, or context.model, x and y")
             per_sample = per_sample_gradients(context.model, context.x, context.y)
-        samples = flatten_batched(per_sample)
-        for start, end in zip(starts, ends):
-            part = samples[:, start:end]
-            factor = (clip / part.norm(dim=1).clamp(min=1e-12)).clamp(max=1.0)
-            flat[start:end] = (part * factor[:, None]).mean(0)
+        samples = flatten_batched(per_sample).to(flat.dtype)
+        if flat.numel() > layout.size:  # padded like flat
+            samples = layout.pad(samples)
+        clipped = layout.scale_(samples, clip / layout.norms(samples).clamp_(min=clip)).mean(0)
+        if chosen is None:
+            flat.copy_(clipped)
+        else:
+            keep = layout.pad(layout.expand(chosen)) if flat.numel() > layout.size else layout.expand(chosen)
+            flat.copy_(torch.where(keep, clipped, flat))
+        return None
 
 
 def _slice_density(bounds: Tensor, risks: Tensor, sizes: Tensor) -> Tensor:

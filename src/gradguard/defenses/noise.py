@@ -15,11 +15,12 @@ import torch
 from pydantic import Field
 from torch import Tensor
 
+from ..grads import flatten, unflatten
 from .base import Defense, DefenseConfig, NoiseModel, Strength, check_finite, register
 from .rng import generator_for, laplace, normal
 
-# unit-scale draws of each distribution: ``draw(count, generator, like)``
-DRAWS: dict[str, Callable[[int, torch.Generator, Tensor], Tensor]] = {"gaussian": normal, "laplace": laplace}
+# draws of each distribution at a given scale: ``draw(count, generator, like, scale)``
+DRAWS: dict[str, Callable[[int, torch.Generator, Tensor, float], Tensor]] = {"gaussian": normal, "laplace": laplace}
 
 
 class _NoiseConfig(DefenseConfig):
@@ -49,16 +50,16 @@ class _ElementNoise(Defense):
     std_per_scale: ClassVar[float] = 1.0  # the draw's standard deviation at unit scale
 
     def defend(self, grads, context):
-        check_finite(grads, self.name)
-        generator = generator_for(context)
-        scale = self._scale()
-        draw = DRAWS[self.distribution]
+        flat = flatten(grads)  # a new tensor: the input is never written
+        if not math.isfinite(float(flat.sum())):  # one reduction; the exact per-tensor check only when in doubt
+            check_finite(grads, self.name)
         clip = self.config.clip
         if clip is not None:
-            norm = torch.sqrt(sum((g.double().square().sum() for g in grads), torch.zeros((), dtype=torch.float64)))
-            factor = float((clip / norm.clamp(min=1e-12)).clamp(max=1.0))
-            grads = [g * factor for g in grads]
-        return [g + scale * draw(g.numel(), generator, g).view_as(g) for g in grads]
+            norm = float(torch.linalg.vector_norm(flat, dtype=torch.float64))
+            flat.mul_(min(1.0, clip / max(norm, 1e-12)))
+        # one draw for every element, scaled as it is drawn; the gradient is added into it
+        noise = DRAWS[self.distribution](flat.numel(), generator_for(context), flat, self._scale())
+        return unflatten(noise.add_(flat), grads)
 
     def _scale(self) -> float:
         """The noise's scale in gradient units (times C in relative mode)."""

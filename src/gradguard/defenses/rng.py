@@ -19,16 +19,17 @@ def generator_for(context) -> torch.Generator:
     return make_generator(None, "defense")  # OS entropy: does not read or advance the global RNG
 
 
-def normal(count: int, generator: torch.Generator, like: Tensor) -> Tensor:
-    """``count`` standard normal draws on the generator's device, returned on ``like``'s device/dtype."""
-    draws = torch.randn(count, generator=generator, device=generator.device)
+def normal(count: int, generator: torch.Generator, like: Tensor, std: float = 1.0) -> Tensor:
+    """``count`` draws of N(0, std^2) on the generator's device, returned on ``like``'s
+    device/dtype (the scaling is part of the draw: no second pass over the noise)."""
+    draws = torch.normal(0.0, std, (count,), generator=generator, device=generator.device)
     return draws.to(device=like.device, dtype=like.dtype)
 
 
-def laplace(count: int, generator: torch.Generator, like: Tensor) -> Tensor:
-    """``count`` draws of the standard Laplace distribution (scale 1) by inverting its CDF."""
+def laplace(count: int, generator: torch.Generator, like: Tensor, scale: float = 1.0) -> Tensor:
+    """``count`` draws of the Laplace distribution of scale ``scale`` by inverting its CDF."""
     u = torch.rand(count, generator=generator, device=generator.device, dtype=torch.float64) - 0.5
-    draws = -torch.sign(u) * torch.log1p(-2 * u.abs().clamp(max=0.5 - 1e-12))
+    draws = (-scale) * torch.sign(u) * torch.log1p(-2 * u.abs().clamp(max=0.5 - 1e-12))
     return draws.to(device=like.device, dtype=like.dtype)
 
 

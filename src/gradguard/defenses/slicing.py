@@ -44,10 +44,87 @@ def risk_balanced_bounds(risks: Tensor, sizes: Tensor, slices: int) -> Tensor:
     return _separate(bounds, total_elements)
 
 
+def equal_bounds(total_elements: int, slices: int) -> Tensor:
+    """Bounds of ``slices`` contiguous slices of nearly equal size: every slice ceil(P/S) long
+    but the last, which is shorter by less than S elements, so the slices are the rows of a
+    (S, ceil(P/S)) matrix holding the flat vector padded with fewer than S zeros (one tensor
+    operation per step, see :class:`SliceLayout`). When that would leave the last slice empty
+    or shorter than half the others (P < 2 S^2, far from any real model), the sizes differ by
+    at most one element instead (as ``torch.tensor_split``)."""
+    check_slice_count(slices, total_elements)
+    stride = -(-total_elements // slices)
+    if total_elements - (slices - 1) * stride >= stride / 2:
+        lengths = torch.tensor([stride] * (slices - 1) + [total_elements - (slices - 1) * stride])
+    else:
+        base, extra = divmod(total_elements, slices)
+        lengths = torch.tensor([base + 1] * extra + [base] * (slices - extra))
+    return torch.cat([lengths.new_zeros(1), lengths.cumsum(0)])
+
+
 def group_bounds(sizes: Tensor) -> Tensor:
     """Bounds that make each group of elements (e.g. each layer) one slice."""
     sizes = sizes.long().cpu()
     return torch.cat([sizes.new_zeros(1), sizes.cumsum(0)])
+
+
+class SliceLayout:
+    """Per-slice reductions and scalings of a flat vector cut at fixed bounds, without a Python
+    loop over slices.
+
+    When every slice but the last has the same length L and the last is no longer (the
+    :func:`equal_bounds` layout), the slices are the rows of a (S, L) view of the vector padded
+    with ``padding`` zeros at the end: each per-slice operation is one tensor operation, and the
+    caller flattens into a padded vector (:meth:`pad`) to avoid a copy. Otherwise per-slice
+    values are expanded to elements with ``repeat_interleave`` and reduced with
+    ``segment_reduce``. Methods take tensors with any leading dimensions (e.g. per-sample
+    gradients) and the element axis last; zero padding changes no norm or sum.
+    """
+
+    def __init__(self, bounds: Tensor):
+        self.bounds = bounds.long().cpu()
+        self.lengths = self.bounds[1:] - self.bounds[:-1]
+        self.count = len(self.lengths)
+        self.size = int(self.bounds[-1])
+        stride = int(self.lengths[0])
+        regular = bool((self.lengths[:-1] == stride).all()) and int(self.lengths[-1]) <= stride
+        self.stride = stride if regular else None
+        self.padding = self.count * stride - self.size if regular else 0
+
+    def pad(self, values: Tensor) -> Tensor:
+        """``values`` (..., P) with the padding the row view needs (a no-op without)."""
+        if not self.padding or values.shape[-1] != self.size:
+            return values
+        return torch.cat([values, values.new_zeros(*values.shape[:-1], self.padding)], -1)
+
+    def rows(self, values: Tensor) -> Tensor:
+        """``values`` (..., P + padding) as (..., S, L) (only for the equal-slice layout)."""
+        assert self.stride is not None
+        return values.unflatten(-1, (self.count, self.stride))
+
+    def sums(self, values: Tensor) -> Tensor:
+        """Sum of ``values`` over each slice: (..., S)."""
+        if self.stride is not None:
+            return self.rows(self.pad(values)).sum(-1)
+        return torch.segment_reduce(values, "sum", lengths=self.lengths.to(values.device), axis=values.dim() - 1)
+
+    def norms(self, values: Tensor) -> Tensor:
+        """L2 norm of each slice of ``values``: (..., S)."""
+        if self.stride is not None:
+            return torch.linalg.vector_norm(self.rows(self.pad(values)), dim=-1)
+        return self.sums(values.square()).sqrt()
+
+    def scale_(self, values: Tensor, per_slice: Tensor) -> Tensor:
+        """Multiply every element of ``values`` (..., P, or padded) in place by its slice's entry
+        of ``per_slice`` (..., S); returns ``values``."""
+        if self.stride is not None and values.shape[-1] == self.size + self.padding:
+            self.rows(values).mul_(per_slice.unsqueeze(-1))
+            return values
+        return values.mul_(self.expand(per_slice))
+
+    def expand(self, per_slice: Tensor) -> Tensor:
+        """``per_slice`` (..., S) repeated over each slice's elements: (..., P)."""
+        lengths = self.lengths.to(per_slice.device)
+        return per_slice.repeat_interleave(lengths, dim=-1, output_size=self.size)
 
 
 def _separate(bounds: Tensor, total_elements: int) -> Tensor:
