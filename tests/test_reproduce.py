@@ -244,7 +244,7 @@ def test_unwritable_output_folder(tmp_path, capsys):
     blocker = tmp_path / "file"
     blocker.write_text("")
     assert run(["reproduce", "--profile", "quick", "--out", str(blocker / "run")]) == 2
-    assert re.search("cannot open", capsys.readouterr().err)
+    assert re.search("cannot create the folder", capsys.readouterr().err)
 
 
 def test_a_profile_naming_a_dataset_twice_is_refused():

@@ -93,6 +93,11 @@ class Attack:
         matcher = GradientMatcher(model, stacked, weights, config)
         images, label_state = OPTIMIZERS[config.optimizer](matcher, torch.stack(starts), init_labels, config, progress)
         _, distances = matcher.objective(images, label_state)
+        if not bool(torch.isfinite(distances).all()):
+            largest = max(float(g.abs().max()) for g in stacked)
+            raise ConfigError(f"attack: the gradient distance overflows float32 (the observed gradient reaches "
+                              f"{largest:.3g}), so the optimiser cannot take a step and a score would be that of "
+                              f"its starting point; a defense option this large means nothing: lower it")
         return _best_restarts(images, label_state, distances.detach(), images_count, restarts)
 
     def _hard_labels(self, model, reference, observed, batch_size, labels) -> Tensor | None:
@@ -136,6 +141,10 @@ def _check_observed(observed: Sequence[Gradient], reference: Sequence[Tensor]) -
         if len(gradient) != len(reference) or any(g.shape != p.shape for g, p in zip(gradient, reference)):
             raise ConfigError(f"attack: observed gradient {k} does not have the model's parameter shapes "
                               f"({len(gradient)} tensors for {len(reference)} parameters)")
+        if not all(bool(torch.isfinite(g).all()) for g in gradient):
+            # Matching against inf stops the optimiser at once; a score of its start would look valid.
+            raise ConfigError(f"attack: observed gradient {k} holds NaN or inf values (a defense option too large "
+                              f"for float32?); there is nothing to match against")
 
 
 def _best_restarts(images: Tensor, labels: Tensor, distances: Tensor, count: int,

@@ -22,9 +22,11 @@ from .options import (
     add_model_option,
     add_out_option,
     add_seed_option,
-    ensure_out_dir,
+    claim_out,
     parse_key_values,
 )
+
+RESULT_FILES = ("grid.png", "scores.csv", "scores.json")
 
 
 def configure(p) -> None:
@@ -93,15 +95,16 @@ def attack(args) -> None:
                       adaptive_options=adaptive_options, defense=args.defense, defense_options=defense_options,
                       images=args.images, batch_size=args.batch_size, seed=args.seed, target_pool=len(data.x_train),
                       aux_images=args.aux_images)
-    ensure_out_dir(Path(args.out))
-    start = time.perf_counter()
-    if attacker is not None and adaptive is None:
-        outcome = _with_progress(attacker, lambda progress: run_attack(cell, args.data_root, data, progress))
-    else:
-        outcome = run_attack(cell, args.data_root, data)
-    rows = _rows(outcome, data)
-    summary = _summary(outcome.record, time.perf_counter() - start)
-    _write(Path(args.out), rows, summary, outcome, vars(args), cell)
+    # --out is held from here on (unwritable, busy or holding results: one line now, not after the attack)
+    with claim_out(Path(args.out), "attack", RESULT_FILES, overwrite=args.overwrite):
+        start = time.perf_counter()
+        if attacker is not None and adaptive is None:
+            outcome = _with_progress(attacker, lambda progress: run_attack(cell, args.data_root, data, progress))
+        else:
+            outcome = run_attack(cell, args.data_root, data)
+        rows = _rows(outcome, data)
+        summary = _summary(outcome.record, time.perf_counter() - start)
+        _write(Path(args.out), rows, summary, outcome, vars(args), cell)
     floor_psnr, floor_ssim = summary["floor_psnr"], summary["floor_ssim"]
     print(f"{cell.label()} vs {args.defense}: psnr {summary['psnr_mean']:.2f} dB, ssim {summary['ssim_mean']:.3f}, "
           f"label accuracy {summary['label_accuracy']:.3f}, {summary['seconds']:.1f} s -> {args.out}")
@@ -151,7 +154,6 @@ def _write(out: Path, rows, summary, outcome, args: dict, cell) -> None:
     import torch
     from torchvision.utils import save_image
 
-    out.mkdir(parents=True, exist_ok=True)
     save_image(torch.cat([outcome.truth, outcome.images.clamp(0, 1)]), out / "grid.png", nrow=len(outcome.truth),
                padding=2, pad_value=1.0)
     with open(out / "scores.csv", "w", newline="") as f:

@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 import json
 import math
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 
 
@@ -30,7 +32,10 @@ def add_seed_option(p: argparse.ArgumentParser) -> None:
 
 
 def add_out_option(p: argparse.ArgumentParser, default: str) -> None:
-    p.add_argument("--out", type=Path, default=Path(default), help="output folder")
+    p.add_argument("--out", type=Path, default=Path(default),
+                   help="output folder; refused while another run writes there, or when it already holds this "
+                        "command's results (unless --overwrite)")
+    p.add_argument("--overwrite", action="store_true", help="replace this command's results already in --out")
 
 
 def ensure_out_dir(path: Path) -> Path:
@@ -42,6 +47,48 @@ def ensure_out_dir(path: Path) -> Path:
     except OSError as exc:
         raise ConfigError(f"--out {path}: cannot create the folder ({exc.strerror or exc})") from None
     return path
+
+
+@contextmanager
+def claim_out(path: Path, command: str, results: Sequence[str] = (), *, overwrite: bool = False,
+              option: str = "--out") -> Iterator[Path]:
+    """Hold ``path`` for this run: create it, take its lock (:class:`~gradguard.outlock.FolderLock`),
+    and refuse results of an earlier run there unless ``overwrite``.
+
+    Called after the arguments are validated and before any work, so that a folder that is a
+    file, cannot be written, is in use by another run or would lose earlier results fails at
+    once, in one line. The check of earlier results happens under the lock: two runs started
+    together cannot both find the folder empty. A folder this call created is removed again
+    when the run fails before writing anything into it.
+    """
+    from ..errors import ConfigError
+    from ..outlock import FolderLock
+
+    if path.exists() and not path.is_dir():
+        raise ConfigError(f"{option} {path}: is a file, not a folder; choose a folder")
+    created = not path.exists()
+    with FolderLock(path, f"gradguard {command}", option=option):
+        try:
+            existing = [name for name in results if (path / name).exists()]
+            if existing and not overwrite:
+                raise ConfigError(f"{option} {path}: already holds {', '.join(existing)} from an earlier run; pass "
+                                  f"--overwrite to replace them, or choose another folder")
+            yield path
+        finally:
+            if created:
+                _remove_if_empty(path)
+
+
+def _remove_if_empty(path: Path) -> None:
+    """Remove ``path`` if only the lock file (about to go) or nothing is left in it."""
+    from ..outlock import LOCK_NAME
+
+    try:
+        if all(child.name == LOCK_NAME for child in path.iterdir()):
+            (path / LOCK_NAME).unlink(missing_ok=True)
+            path.rmdir()
+    except OSError:
+        pass  # not empty after all, or gone: nothing to tidy
 
 
 def parse_value(text: str):

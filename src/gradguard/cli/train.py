@@ -5,13 +5,13 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from .app import UsageError, command
+from .app import command
 from .options import (
     add_data_options,
     add_model_option,
     add_out_option,
     add_seed_option,
-    ensure_out_dir,
+    claim_out,
     parse_key_values,
 )
 
@@ -48,7 +48,6 @@ def configure(p: argparse.ArgumentParser) -> None:
                    help="vmap the clients of a round (on), loop over them (off), or vmap for batch sizes "
                         f"<= {VMAP_MAX_BATCH} (auto)")
     add_out_option(p, "runs/train")
-    p.add_argument("--overwrite", action="store_true", help="replace results already in --out")
 
 
 def config_from_args(args: argparse.Namespace):
@@ -103,28 +102,24 @@ def train(args) -> None:
     from ..fl.simulator import train as run_rounds
 
     config = config_from_args(args)
-    existing = [args.out / name for name in RESULT_FILES if (args.out / name).exists()]
-    if existing and not args.overwrite:
-        raise UsageError(f"--out {args.out}: already holds {existing[0].name}; "
-                         "pass --overwrite or choose another folder")
-    ensure_out_dir(args.out)  # an unwritable --out fails now, not after training
-    setup = prepare(config)  # every configuration error surfaces before the progress bar starts
-    columns = (TextColumn("round"), MofNCompleteColumn(), BarColumn(), TextColumn("acc {task.fields[acc]}"),
-               TextColumn("eta"), TimeRemainingColumn())
-    with Progress(*columns, transient=False) as progress:
-        task = progress.add_task("train", total=config.rounds, acc="-")
+    setup = prepare(config)  # every configuration error surfaces before --out is touched
+    # --out is held from here on (unwritable, busy or holding results: one line now, not after training)
+    with claim_out(args.out, "train", RESULT_FILES, overwrite=args.overwrite):
+        columns = (TextColumn("round"), MofNCompleteColumn(), BarColumn(), TextColumn("acc {task.fields[acc]}"),
+                   TextColumn("eta"), TimeRemainingColumn())
+        with Progress(*columns, transient=False) as progress:
+            task = progress.add_task("train", total=config.rounds, acc="-")
 
-        def on_round(record):
-            if record.accuracy is None:
-                progress.update(task, advance=1)
-            else:
-                progress.update(task, advance=1, acc=f"{100 * record.accuracy:.1f}%")
+            def on_round(record):
+                if record.accuracy is None:
+                    progress.update(task, advance=1)
+                else:
+                    progress.update(task, advance=1, acc=f"{100 * record.accuracy:.1f}%")
 
-        history = run_rounds(setup, on_round=on_round)
-    args.out.mkdir(parents=True, exist_ok=True)
-    history.to_json(args.out / "history.json")
-    history.to_csv(args.out / "history.csv")
-    plot_accuracy(history, args.out / "accuracy.png")
+            history = run_rounds(setup, on_round=on_round)
+        history.to_json(args.out / "history.json")
+        history.to_csv(args.out / "history.csv")
+        plot_accuracy(history, args.out / "accuracy.png")
     s = history.summary()
     print(f"ACC {100 * s['accuracy']:.2f}%  ART {s['art_s']:.4f} s (client {s['client_s']:.4f}, "
           f"defense {s['defense_s']:.4f}, server {s['server_s']:.4f}; {s['trainer']} clients)")

@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import GradguardError
+from ..outlock import FolderLock
 from . import figures
 from .store import ResultStore
 from .tables import (
@@ -57,8 +58,14 @@ def build_report(folder: str | Path) -> Path:
     if not (folder / ResultStore.FILENAME).is_file():
         raise GradguardError(f"report: no results store in {folder} (run `gradguard reproduce` or `sweep` there first)")
     store = ResultStore(folder)
+    # Two builds at once (a run ending while `gradguard report` rebuilds) take turns: both read the
+    # same store, so the one that writes last leaves complete files instead of a mix of two.
+    with FolderLock(folder / "report", "gradguard report", wait=True, option="report"):
+        return _build(folder, store)
+
+
+def _build(folder: Path, store: ResultStore) -> Path:
     out = folder / "report"
-    out.mkdir(exist_ok=True)
     tables: list[Table] = []
     images: list[tuple[str, Path]] = []
     plan = store.meta("plan")

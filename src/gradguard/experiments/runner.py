@@ -22,6 +22,7 @@ from multiprocessing import get_context
 from pathlib import Path
 from typing import Any, Self
 
+from ..errors import ConfigError
 from .cells import AttackCell, Cell
 from .plan import Plan, Task
 from .search import SearchResult, bisection
@@ -63,7 +64,11 @@ class CellRunner:
     """Computes cells through the store. ``jobs > 1`` runs them in that many worker processes.
 
     ``on_start(cell)`` is called when a cell starts computing; ``on_done(label, cached)`` once
-    per task and per search of a plan when it is finished (``cached``: nothing was computed)."""
+    per task and per search of a plan when it is finished. ``cached`` is True exactly for the
+    units :meth:`stored_count` counted before the run, so a progress bar that starts at that
+    count and advances on every other unit ends at the plan's size, never above or below it (a
+    task whose search was not stored but whose cell was, as a probe of an earlier run, is not
+    counted at the start and so advances once when it resolves)."""
 
     store: ResultStore
     data_root: Path | None = None
@@ -72,6 +77,10 @@ class CellRunner:
     on_done: Callable[[str, bool], None] = lambda label, cached: None
     computed: list[str] = field(default_factory=list)
     _pool: ProcessPoolExecutor | None = None
+
+    def __post_init__(self) -> None:
+        if self.jobs < 1:  # a pool of zero workers would silently become one
+            raise ConfigError(f"runner: jobs={self.jobs}: at least one worker is needed")
 
     def __enter__(self) -> Self:
         if self.jobs > 1:
@@ -92,14 +101,20 @@ class CellRunner:
                 strengths[search.id] = found.result
         return strengths
 
-    def stored_count(self, plan: Plan) -> int:
-        """Units of ``plan`` already finished in the store (as :meth:`run` will count them)."""
+    def stored_units(self, plan: Plan) -> set[str]:
+        """Ids of the units (searches and tasks) of ``plan`` already finished in the store: a
+        search whose result is stored, a task whose cell resolves (its search stored) and is stored."""
         strengths = self.stored_strengths(plan)
-        done = sum(1 for s in plan.searches if s.id in strengths)
+        done = {s.id for s in plan.searches if s.id in strengths}
         for task in plan.tasks:
             cell = task.resolve(strengths)
-            done += cell is not None and cell.key() in self.store
+            if cell is not None and cell.key() in self.store:
+                done.add(task.id)
         return done
+
+    def stored_count(self, plan: Plan) -> int:
+        """How many units of ``plan`` are already finished in the store (as :meth:`run` counts them)."""
+        return len(self.stored_units(plan))
 
     def run(self, plan: Plan) -> dict[str, Any]:
         """Compute every cell of ``plan`` that the store lacks; returns the resolved plan (each
@@ -125,6 +140,7 @@ class _Run:
         self.running: dict[Future, str] = {}
         self.resolved: list[dict[str, Any]] = []
         self.dependents: dict[str, list[Task]] = {}
+        self.counted = runner.stored_units(plan)  # reported as cached: counted before the run
 
     # -- requests --
 
@@ -150,7 +166,7 @@ class _Run:
 
         def done(result: dict[str, Any], labels: dict[str, Any] = labels) -> None:
             self.resolved.append(labels)
-            self.runner.on_done(cell.describe(), labels["key"] not in self.runner.computed)
+            self.runner.on_done(cell.describe(), task.id in self.counted)
 
         self.request(cell, priority, done)
 
@@ -158,7 +174,7 @@ class _Run:
         spec = search.cell
         stored = self.runner.store.get(spec.key())
         if stored is not None:
-            self.finish_search(search, stored.result, cached=True)
+            self.finish_search(search, stored.result)
             return
 
         def with_target(target: float) -> None:
@@ -175,7 +191,7 @@ class _Run:
                           "method": "search", "met": found.met, "psnr": found.psnr, "target_psnr": target,
                           "target": "reference" if spec.reference else "floor", "tried": found.tried}
                 self.runner._store(spec, result, 0.0)
-                self.finish_search(search, result, cached=False)
+                self.finish_search(search, result)
                 return
             self.request_all(spec.at(strength), lambda worst: advance(steps, worst.psnr, target))
 
@@ -202,9 +218,9 @@ class _Run:
         for i, cell in enumerate(cells):
             self.request(cell, _PROBE, functools.partial(collect, i))
 
-    def finish_search(self, search, result: dict[str, Any], cached: bool) -> None:
+    def finish_search(self, search, result: dict[str, Any]) -> None:
         self.strengths[search.id] = result
-        self.runner.on_done(search.cell.describe(), cached)
+        self.runner.on_done(search.cell.describe(), search.id in self.counted)
         for task in self.dependents.pop(search.id, []):
             self.start_task(task)
 

@@ -9,6 +9,11 @@ stored result is never overwritten.
 The store records the cell format's version (``experiments.cells.STORE_VERSION``) when it is
 created; a store written under another version is refused with a message saying what to do,
 since its keys mean something else.
+
+A damaged file (a disk or copy error anywhere in it) is found when the store opens (SQLite's
+``quick_check``) or when a row fails to decode, and is refused with :class:`DamagedStoreError`:
+its message says how many cells can still be read, row by row, and that :func:`recover` keeps
+them in a fresh store while the damaged file is moved aside, never deleted.
 """
 
 from __future__ import annotations
@@ -37,6 +42,26 @@ CREATE TABLE IF NOT EXISTS meta (name TEXT PRIMARY KEY, value TEXT NOT NULL);
 """
 
 
+class DamagedStoreError(GradguardError):
+    """The results store's file is damaged; the message says which cells can still be read and how
+    to start over without losing them (``gradguard recover FOLDER``)."""
+
+    def __init__(self, path: Path, reason: str):
+        self.path, self.reason = path, reason
+        readable, unreadable = scan(path)
+        kinds: dict[str, int] = {}
+        for row in readable:
+            kinds[row[1]] = kinds.get(row[1], 0) + 1
+        found = ", ".join(f"{n} {kind}" for kind, n in sorted(kinds.items()))
+        lost = f"{len(unreadable)} cannot (rows {_ranges(unreadable)})" if unreadable else "none is lost"
+        can = (f"{len(readable)} of its cells can still be read ({found}), {lost}" if readable
+               else "no cell can be read from it")
+        super().__init__(
+            f"results store: {path} is damaged ({reason}); {can}. To keep them and start over, run `gradguard "
+            f"recover {path.parent}`: it moves the damaged file aside (kept, never deleted) and writes the "
+            f"readable cells to a new store; then rerun your command to compute the rest")
+
+
 @dataclass(frozen=True)
 class StoredCell:
     key: str
@@ -54,14 +79,36 @@ class ResultStore:
     def __init__(self, folder: str | Path):
         self.path = Path(folder) / self.FILENAME
         self._lock = threading.Lock()
+        existed = self.path.is_file() and self.path.stat().st_size > 0
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             self._db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
             self._db.execute("PRAGMA journal_mode=WAL")
             self._db.executescript(SCHEMA)
-        except (OSError, sqlite3.Error) as exc:
+            if existed:
+                self._check_integrity()
+        except sqlite3.DatabaseError as exc:
+            if _is_damage(exc):
+                self._close_quietly()
+                raise DamagedStoreError(self.path, str(exc)) from None
+            raise GradguardError(f"results store: cannot open {self.path} ({exc})") from None
+        except OSError as exc:
             raise GradguardError(f"results store: cannot open {self.path} ({exc})") from None
         self._check_version()
+
+    def _check_integrity(self) -> None:
+        """SQLite's ``quick_check`` (every page and row of the file, without cross-checking the
+        indexes: milliseconds for a run's store); damage raises :class:`DamagedStoreError`."""
+        problems = [row[0] for row in self._db.execute("PRAGMA quick_check").fetchall()]
+        if problems != ["ok"]:
+            self._close_quietly()
+            raise DamagedStoreError(self.path, "; ".join(problems[:2]))
+
+    def _close_quietly(self) -> None:
+        try:
+            self._db.close()
+        except (AttributeError, sqlite3.Error):
+            pass
 
     def _check_version(self) -> None:
         check_schema()
@@ -81,7 +128,13 @@ class ResultStore:
 
     def _query(self, sql: str, params: tuple = ()) -> list[tuple]:
         with self._lock:
-            return self._db.execute(sql, params).fetchall()
+            try:
+                return self._db.execute(sql, params).fetchall()
+            except sqlite3.DatabaseError as exc:
+                if _is_damage(exc):
+                    raise DamagedStoreError(self.path, str(exc)) from None
+                raise
+
 
     def get(self, key: str) -> StoredCell | None:
         rows = self._query("SELECT key, kind, config, result, seconds FROM cells WHERE key = ?", (key,))
@@ -116,12 +169,166 @@ class ResultStore:
 
     def meta(self, name: str, default: Any = None) -> Any:
         rows = self._query("SELECT value FROM meta WHERE name = ?", (name,))
-        return json.loads(rows[0][0]) if rows else default
+        if not rows:
+            return default
+        try:
+            return json.loads(rows[0][0])
+        except json.JSONDecodeError as exc:
+            raise DamagedStoreError(self.path, f"meta {name!r} does not decode: {exc}") from None
+
 
     def close(self) -> None:
         self._db.close()
 
-    @staticmethod
-    def _cell(row) -> StoredCell:
+    def _cell(self, row) -> StoredCell:
         key, kind, config, result, seconds = row
-        return StoredCell(key, kind, json.loads(config), json.loads(result), seconds)
+        try:
+            return StoredCell(key, kind, json.loads(config), json.loads(result), seconds)
+        except json.JSONDecodeError as exc:
+            raise DamagedStoreError(self.path, f"cell {key} does not decode: {exc}") from None
+
+
+def _is_damage(exc: sqlite3.DatabaseError) -> bool:
+    """Damage to the file ("database disk image is malformed", "file is not a database"), as
+    opposed to a constraint (IntegrityError) or an operational failure (locked, unwritable)."""
+    return not isinstance(exc, (sqlite3.IntegrityError, sqlite3.OperationalError, sqlite3.ProgrammingError))
+
+
+def _ranges(numbers: list[int], limit: int = 6) -> str:
+    """``[3, 4, 5, 9]`` -> ``3-5, 9``; at most ``limit`` ranges, then how many more."""
+    spans: list[list[int]] = []
+    for n in sorted(numbers):
+        if spans and n == spans[-1][1] + 1:
+            spans[-1][1] = n
+        else:
+            spans.append([n, n])
+    text = [f"{a}-{b}" if b > a else str(a) for a, b in spans[:limit]]
+    return ", ".join(text) + (f" and {len(spans) - limit} more ranges" if len(spans) > limit else "")
+
+
+Row = tuple[str, str, str, str, float, float]
+
+
+def scan(path: Path) -> tuple[list[Row], list[int]]:
+    """Read a possibly damaged store row by row: the cells that still read back intact (their key
+    is the hash of their kind and configuration, and both JSON fields decode) and the row ids of
+    those that do not. A full table scan stops at the first damaged page; looking each row up by
+    its id goes around it, so every row on an intact page is kept."""
+    try:
+        db = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
+    except sqlite3.Error:
+        return [], []
+    readable: list[Row] = []
+    unreadable: list[int] = []
+    try:
+        last = _last_rowid(db, path)
+        for rowid in range(1, last + 1):
+            try:
+                rows = db.execute("SELECT key, kind, config, result, seconds, finished_at FROM cells WHERE rowid = ?",
+                                  (rowid,)).fetchall()
+            except sqlite3.DatabaseError:
+                unreadable.append(rowid)
+                continue
+            if rows and _intact(rows[0]):
+                readable.append(rows[0])
+            elif rows:
+                unreadable.append(rowid)
+    finally:
+        db.close()
+    return readable, unreadable
+
+
+def _last_rowid(db: sqlite3.Connection, path: Path) -> int:
+    """The largest row id to probe: rows are never deleted, so ids run 1..max(rowid); when even
+    that lookup fails, an upper bound from the file size (a row takes well over 64 bytes)."""
+    try:
+        return int(db.execute("SELECT max(rowid) FROM cells").fetchone()[0] or 0)
+    except sqlite3.DatabaseError:
+        try:
+            return path.stat().st_size // 64
+        except OSError:
+            return 0
+
+
+def _intact(row: tuple) -> bool:
+    key, kind, config, result = row[:4]
+    try:
+        return cell_key(kind, json.loads(config)) == key and isinstance(json.loads(result), dict)
+    except (TypeError, ValueError):
+        return False
+
+
+def _meta_rows(path: Path) -> list[tuple[str, str]]:
+    """The meta rows (store version, profile, plan, sweep) that still decode."""
+    try:
+        db = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
+    except sqlite3.Error:
+        return []
+    kept = []
+    try:
+        for rowid in range(1, 1000):
+            try:
+                rows = db.execute("SELECT name, value FROM meta WHERE rowid = ?", (rowid,)).fetchall()
+            except sqlite3.DatabaseError:
+                continue
+            if not rows:
+                continue
+            try:
+                json.loads(rows[0][1])
+            except (TypeError, ValueError):
+                continue
+            kept.append(rows[0])
+    except sqlite3.Error:
+        pass
+    finally:
+        db.close()
+    return kept
+
+
+@dataclass(frozen=True)
+class Recovery:
+    """What :func:`recover` did: cells kept in the new store, rows lost, where the damaged file went."""
+
+    kept: int
+    lost: int
+    aside: Path
+
+
+def recover(folder: str | Path) -> Recovery | None:
+    """Start over from a damaged store without losing what can still be read: move the damaged
+    file (and its WAL and shared-memory files) aside to ``results.damaged-N.sqlite``, and write
+    every intact cell and meta row to a new store at the usual place. Returns None when the store
+    is intact (nothing to do). The caller holds the folder's lock."""
+    path = Path(folder) / ResultStore.FILENAME
+    if not path.is_file():
+        raise GradguardError(f"recover: no results store in {folder} ({path} does not exist)")
+    try:
+        ResultStore(folder).close()
+        return None
+    except DamagedStoreError:
+        pass
+    readable, unreadable = scan(path)
+    meta = _meta_rows(path)
+    number = 1
+    while (path.parent / f"results.damaged-{number}.sqlite").exists():
+        number += 1
+    aside = path.parent / f"results.damaged-{number}.sqlite"
+    for suffix in ("", "-wal", "-shm"):
+        companion = Path(f"{path}{suffix}")
+        if companion.exists():
+            companion.rename(Path(f"{aside}{suffix}"))
+    fresh = sqlite3.connect(path, isolation_level=None)
+    try:
+        fresh.execute("PRAGMA journal_mode=WAL")
+        fresh.executescript(SCHEMA)
+        fresh.execute("BEGIN")
+        fresh.executemany("INSERT OR IGNORE INTO cells (key, kind, config, result, seconds, finished_at) "
+                          "VALUES (?, ?, ?, ?, ?, ?)", readable)
+        fresh.executemany("INSERT OR REPLACE INTO meta (name, value) VALUES (?, ?)", meta)
+        if not any(name == "store_version" for name, _ in meta) and readable:
+            fresh.execute("INSERT INTO meta (name, value) VALUES ('store_version', ?)", (json.dumps(STORE_VERSION),))
+        fresh.execute("COMMIT")
+    finally:
+        fresh.close()
+    return Recovery(len(readable), len(unreadable), aside)
+

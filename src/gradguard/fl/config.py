@@ -97,6 +97,14 @@ class SimulationConfig(BaseModel):
                               "use algorithm='fedavg' for several local steps")
         return self
 
+    @model_validator(mode="after")
+    def _samples_a_client(self) -> SimulationConfig:
+        if round(self.fraction * self.clients) < 1:  # used to become 1 silently: a fraction that means nothing
+            raise ConfigError(f"fraction={self.fraction:g}: samples round({self.fraction:g} x {self.clients} clients) "
+                              f"= 0 clients per round; use fraction >= {1 / self.clients:.3g} with {self.clients} "
+                              f"clients")
+        return self
+
     @property
     def vectorized(self) -> bool:
         """Whether the clients run vmapped (resolving ``vectorize="auto"``)."""
@@ -104,5 +112,5 @@ class SimulationConfig(BaseModel):
 
     @property
     def clients_per_round(self) -> int:
-        """How many clients each round samples: round(fraction * clients), at least one."""
-        return max(1, round(self.fraction * self.clients))
+        """How many clients each round samples: round(fraction * clients), at least one by validation."""
+        return round(self.fraction * self.clients)
