@@ -24,7 +24,9 @@ console = Console(stderr=True)
 
 
 def _add_run_options(p, default_out: str) -> None:
-    p.add_argument("--out", type=Path, default=Path(default_out), help="run folder (results store, report)")
+    p.add_argument("--out", type=Path, default=Path(default_out),
+                   help="run folder (results store, report); a rerun resumes from its store, and a second run "
+                        "on the same folder is refused while the first one writes there")
     add_data_root(p)
     p.add_argument("--jobs", type=_jobs, default=1, help="worker processes for independent cells (>= 1)")
 
@@ -45,14 +47,15 @@ def _progress() -> Progress:
 
 
 def _runner(args, store, progress: Progress, plan):
-    """A runner whose progress counts the plan's units (tasks and searches), each exactly once."""
+    """A runner whose progress counts the plan's units (tasks and searches), each exactly once:
+    it starts at the units already stored, and every other unit advances it once."""
     from ..experiments.runner import CellRunner
 
     runner = CellRunner(store, data_root=args.data_root, jobs=args.jobs)
     task = progress.add_task("starting", total=plan.size, completed=runner.stored_count(plan))
 
     def done(label: str, cached: bool) -> None:
-        if cached:  # counted at the start
+        if cached:  # counted at the start (the runner reports exactly those as cached)
             return
         progress.update(task, advance=1)
         if not console.is_terminal:  # a log file gets one line per computed unit instead of a bar
@@ -75,6 +78,13 @@ def _open_store(out: Path):
     from ..experiments.store import ResultStore
 
     return ResultStore(out)
+
+
+def _claim(out: Path, command: str):
+    """Hold the run folder while this run writes its store and report (a second run refuses)."""
+    from .options import claim_out
+
+    return claim_out(out, command)
 
 
 def _dry_run(args, plan) -> None:
@@ -101,19 +111,31 @@ def _reproduce(args, profile) -> Path | None:
         _dry_run(args, plan)
         return None
     check_datasets(profile, args.data_root)
-    store = _open_store(args.out)
-    start = time.perf_counter()
-    with _progress() as progress, _runner(args, store, progress, plan) as runner:
-        stored = runner.stored_count(plan)
-        console.print(f"[bold]{profile.name}[/]: {', '.join(profile.datasets)} -> {args.out} "
-                      f"({plan.size} units, {stored} already stored; a fresh run takes about "
-                      f"{plan.estimate_total_s() / 60 / args.jobs:.0f} min with --jobs {args.jobs} on 2 CPU cores)")
-        reproduce(runner, profile)
-        _finish(progress)
-    page = build_report(args.out)
+    plan.validate()  # every option of every cell, before any output or file
+    with _claim(args.out, args.command):
+        store = _open_store(args.out)
+        start = time.perf_counter()
+        with _progress() as progress, _runner(args, store, progress, plan) as runner:
+            stored = runner.stored_count(plan)
+            console.print(f"[bold]{profile.name}[/]: {', '.join(profile.datasets)} -> {args.out} "
+                          f"({plan.size} units: {plan_counts(plan)}; {stored} already done, from the "
+                          f"{store.count()} cells stored; a fresh run takes about "
+                          f"{plan.estimate_total_s() / 60 / args.jobs:.0f} min with --jobs {args.jobs} on 2 CPU cores)")
+            reproduce(runner, profile)
+            _finish(progress)
+        page = build_report(args.out)
     console.print(f"done in {time.perf_counter() - start:.0f} s ({len(runner.computed)} cells computed); "
                   f"report: {page}")
     return page
+
+
+def plan_counts(plan) -> str:
+    """``40 attack cells, 5 training runs, 4 searches``: what a plan's units are."""
+    roles = [t.role for t in plan.tasks]
+    parts = [f"{roles.count('attack')} attack cells", f"{roles.count('train')} training runs"]
+    if plan.searches:
+        parts.append(f"{len(plan.searches)} searches")
+    return ", ".join(parts)
 
 
 def _configure_reproduce(p) -> None:
@@ -172,6 +194,7 @@ def sweep_command(args) -> None:
     from ..errors import ConfigError
     from ..experiments.profiles import get_profile
     from ..experiments.report import build_report
+    from ..experiments.reproduce import check_datasets
     from ..experiments.sweep import default_spec, sweep, sweep_plan
 
     params = args.param or [default_spec(defense) for defense in args.defense]
@@ -181,11 +204,15 @@ def sweep_command(args) -> None:
     profile.check_names()
     curves = list(zip(args.defense, params))
     plan, _ = sweep_plan(profile, args.dataset, args.attack, curves)
-    store = _open_store(args.out)
-    with _progress() as progress, _runner(args, store, progress, plan) as runner:
-        sweep(runner, profile, args.dataset, args.attack, curves)
-        _finish(progress)
-    console.print(f"report: {build_report(args.out)}")
+    check_datasets(profile, args.data_root)
+    plan.validate()  # a bad option fails here: no progress line, no empty store
+    with _claim(args.out, "sweep"):
+        store = _open_store(args.out)
+        with _progress() as progress, _runner(args, store, progress, plan) as runner:
+            sweep(runner, profile, args.dataset, args.attack, curves)
+            _finish(progress)
+        page = build_report(args.out)
+    console.print(f"report: {page}")
 
 
 def _configure_report(p) -> None:
@@ -197,3 +224,26 @@ def report_command(args) -> None:
     from ..experiments.report import build_report
 
     print(build_report(args.folder))
+
+
+def _configure_recover(p) -> None:
+    p.add_argument("folder", type=Path, help="a run folder whose results.sqlite is damaged")
+
+
+@command("recover", "Start over from a damaged results store without losing its readable cells.", _configure_recover)
+def recover_command(args) -> None:
+    """Move the damaged store aside (kept) and write its intact cells to a new one; a rerun of the
+    command that made the folder then computes only what was lost."""
+    from ..experiments.store import recover
+
+    if not args.folder.is_dir():
+        from ..errors import ConfigError
+
+        raise ConfigError(f"recover: {args.folder} is not a folder")
+    with _claim(args.folder, "recover"):
+        done = recover(args.folder)
+    if done is None:
+        print(f"{args.folder}: the results store is intact; nothing to recover")
+        return
+    print(f"recovered {done.kept} cells into {args.folder / 'results.sqlite'} ({done.lost} could not be read); the "
+          f"damaged file is kept as {done.aside}; rerun your command to compute the rest")

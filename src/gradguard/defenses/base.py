@@ -49,10 +49,28 @@ class DefenseContext:
     step: int | None = None
 
 
-class DefenseConfig(BaseModel):
-    """Base of every defense's typed config: unknown keys are errors, values are validated."""
+#: The largest finite float32: gradients are float32, so a larger option (a noise std, a
+#: clipping norm) turns every element it touches into inf and the result means nothing.
+FLOAT32_MAX = float(torch.finfo(torch.float32).max)
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+
+class DefenseConfig(BaseModel):
+    """Base of every defense's typed config: unknown keys are errors, values are validated.
+
+    Numbers must be finite and representable in float32, the gradients' precision: an infinite
+    or overflowing noise level would make every defended element inf, and an attack on such a
+    gradient stops at once and still reports a score as if it had run.
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
+
+    @model_validator(mode="after")
+    def _fits_float32(self) -> DefenseConfig:
+        for name, value in self:
+            if isinstance(value, float) and abs(value) > FLOAT32_MAX:
+                raise ConfigError(f"{name}={value:g}: beyond float32's range (|x| <= {FLOAT32_MAX:.3g}), the "
+                                  f"gradients' precision; every element it touches would become inf")
+        return self
 
 
 class Strength(BaseModel):

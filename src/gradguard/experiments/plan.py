@@ -13,7 +13,7 @@ import inspect
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from ..attacks import ADAPTIVE, Attack
+from ..attacks import ADAPTIVE, Attack, adaptive_attack
 from ..defenses import DEFENSES, Defense
 from .cells import AttackCell, Cell, SearchCell, TrainCell
 from .profiles import CostModel, Profile
@@ -90,6 +90,45 @@ class Plan:
 
     def estimate_total_s(self) -> float:
         return sum(self.estimate_s(t.cell) for t in self.tasks) + sum(self.estimate_s(s.cell) for s in self.searches)
+
+    def validate(self) -> None:
+        """Build every defense, attack and training configuration the plan will run, and read
+        every npz dataset it names, without computing anything: a bad option fails here, in one
+        line, before a run prints progress or creates its results store. A searched defense is
+        checked at both ends of its strength range."""
+        from ..data import load_npz
+        from ..errors import config_errors
+        from ..fl import SimulationConfig
+
+        cells: list[Cell] = []
+        for search in self.searches:
+            cells += [*(search.cell.reference or []), *search.cell.at(search.cell.strength.low),
+                      *search.cell.at(search.cell.strength.high)]
+        by_search = {s.id: s.cell for s in self.searches}
+        for task in self.tasks:
+            search_cell = by_search.get(task.strength_from or "")
+            options = search_cell.options_at(search_cell.strength.low) if search_cell else {}
+            cells.append(task.cell.model_copy(update={"defense_options": {**task.cell.defense_options, **options}}))
+        checked: set[str] = set()
+        read: set[str] = set()
+        for cell in cells:
+            if cell.key() in checked:
+                continue
+            checked.add(cell.key())
+            assert isinstance(cell, (AttackCell, TrainCell))
+            if cell.dataset.startswith("npz:") and cell.dataset not in read:
+                read.add(cell.dataset)
+                load_npz(cell.dataset[4:])
+            Defense.from_config(cell.defense, **cell.defense_options)
+            if isinstance(cell, TrainCell):
+                with config_errors(f"train cell ({cell.defense})"):
+                    SimulationConfig(dataset=cell.dataset, model=cell.model, defense=cell.defense,
+                                     defense_options=cell.defense_options, seed=cell.seed, **cell.train.model_dump())
+                continue
+            if cell.attack is not None:
+                Attack.from_config(cell.attack, **cell.attack_overrides)
+            if cell.adaptive is not None:
+                adaptive_attack(cell.adaptive, **cell.adaptive_options)
 
 
 def attack_cell_for(profile: Profile, dataset: str, attack: str | None, defense: str, options: dict[str, Any],
