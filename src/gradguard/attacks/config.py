@@ -36,6 +36,9 @@ class AttackConfig(BaseModel):
     lbfgs_max_iter: int = Field(default=20, ge=1, le=10_000,
                                 description="L-BFGS updates per iteration (torch.optim.LBFGS max_iter)")
     lbfgs_history: int = Field(default=100, ge=1, le=1_000)
+    lbfgs_line_search: bool = Field(default=False, description="L-BFGS step control: halve each update's step until "
+                                                               "the loss decreases enough (Armijo) instead of "
+                                                               "taking it as it is (torch.optim.LBFGS's default)")
     lr: float = Field(default=1.0, gt=0.0, le=1e3)
     milestones: list[float] = Field(default_factory=list,
                                     description="fractions of the iterations where lr is multiplied by gamma")

@@ -17,6 +17,12 @@ next ``step`` call, which for these tests re-evaluates the same point and stops 
 the tolerance was met only by the loss or step change); a skipped pair (y.s <= 1e-10) still
 occupies a slot of the history window, so the window is the last ``history`` updates rather
 than the last ``history`` accepted pairs.
+
+Step control (``line_search=True``, what the ``dlg`` preset uses; not in DLG's code): each
+update's usual step is halved per target until the loss is finite and no larger than the
+largest of the target's last 10 losses plus an Armijo margin, and the best iterate is kept.
+Fixed-step L-BFGS diverges from some starts, and whether it does depends on the loss's scale;
+docs/attacks.md (deviations) has the measurements.
 """
 
 from __future__ import annotations
@@ -101,17 +107,33 @@ class CompactHistory:
 Evaluate = Callable[[Tensor, Tensor | None], tuple[Tensor, Tensor]]
 
 
+ARMIJO_C1 = 1e-4  # sufficient decrease: f(z + t d) <= reference + c1 t g.d (Nocedal and Wright's usual value)
+MAX_BACKTRACKS = 10  # halvings of the step before a target is declared stuck (t down to 2^-10 of its first try)
+NONMONOTONE = 10  # the reference is the largest loss of the last 10 iterates (Grippo, Lampariello, Lucidi 1986)
+
+
 def batched_lbfgs(evaluate: Evaluate, z: Tensor, *, lr: float, iterations: int, max_iter: int, history: int,
-                  on_iteration: Callable[[int, Tensor], None] | None = None) -> Tensor:
+                  on_iteration: Callable[[int, Tensor], None] | None = None, line_search: bool = False) -> Tensor:
     """Minimise T independent losses from ``z`` (T, n); ``iterations`` torch-style steps of
-    ``max_iter`` updates each. Returns the final z. ``on_iteration(i, loss)`` after each step
-    with every target's latest loss.
+    ``max_iter`` updates each. Returns the final z (with ``line_search``, the best iterate).
+    ``on_iteration(i, loss)`` after each step with every target's latest loss.
 
     A target that stops is retired: its final z is stored and it leaves every working tensor,
-    so later updates cost only what the running targets need."""
+    so later updates cost only what the running targets need.
+
+    ``line_search=True`` (step control; ``torch.optim.LBFGS``, which DLG used, has none by
+    default) tries each update's usual step (min(1, 1/|g|_1) lr first, lr after) and halves it,
+    per target, until the loss is finite and below the largest of the target's last 10 losses
+    by the Armijo margin 1e-4 t g.d (a nonmonotone line search: L-BFGS keeps its unit steps,
+    which may raise the loss for a while, but a step that throws the iterate into a saturated
+    region, where fixed-step L-BFGS diverges, is never taken); only the targets still searching
+    are evaluated again, and a target that finds no such step in 10 halvings stops. Since the
+    loss may rise, each target's best iterate is kept and returned."""
     final, alive = z.clone(), torch.arange(z.shape[0], device=z.device)
     loss, g = evaluate(z, None)
     latest = loss.clone()
+    best, best_loss = z.clone(), loss.clone()  # per target, over every iterate (line search only)
+    window = loss[:, None].repeat(1, NONMONOTONE)  # the last losses, for the nonmonotone reference
     active = g.abs().amax(1) > TOLERANCE_GRAD
     memory = CompactHistory(z.shape[0], z.shape[1], history, z.dtype, z.device)
     direction = -g
@@ -120,25 +142,62 @@ def batched_lbfgs(evaluate: Evaluate, z: Tensor, *, lr: float, iterations: int, 
         if update:
             direction = -memory.inverse_hessian_times(g)
             step = torch.full_like(step, lr)
-        active = active & ((g * direction).sum(1) <= -TOLERANCE_CHANGE)
+        slope = (g * direction).sum(1)
+        active = active & (slope <= -TOLERANCE_CHANGE)
         if not bool(active.all()):
-            final[alive[~active]] = z[~active]
+            final[alive[~active]] = (best if line_search else z)[~active]
             keep = active.nonzero().squeeze(1)
             alive, z, g, loss, direction, step = alive[keep], z[keep], g[keep], loss[keep], direction[keep], step[keep]
-            active = active[keep]
+            slope, active, window = slope[keep], active[keep], window[keep]
+            best, best_loss = best[keep], best_loss[keep]
             memory.select(keep)
             if not len(alive):
                 break
-        move = direction * step[:, None]
-        z = z + move
         g_previous, loss_previous = g, loss
-        loss, g = evaluate(z, None if len(alive) == len(final) else alive)
+        if line_search:
+            reference = window.amax(1)
+            move, loss, g, found = _backtrack(evaluate, z, loss, g, reference, direction, step, slope, alive,
+                                              len(final))
+            active = found
+            window = torch.cat([window[:, 1:], loss[:, None]], 1)
+        else:
+            move = direction * step[:, None]
+            loss, g = evaluate(z + move, None if len(alive) == len(final) else alive)
+        z = z + move
+        if line_search:
+            better = loss < best_loss
+            best[better], best_loss[better] = z[better], loss[better]
         latest[alive] = loss
         y = g - g_previous
         memory.push(move, y, (y * move).sum(1) > CURVATURE_EPS)
-        active = ((g.abs().amax(1) > TOLERANCE_GRAD) & (move.abs().amax(1) > TOLERANCE_CHANGE)
-                  & ((loss - loss_previous).abs() >= TOLERANCE_CHANGE))
+        active = active & ((g.abs().amax(1) > TOLERANCE_GRAD) & (move.abs().amax(1) > TOLERANCE_CHANGE)
+                           & ((loss - loss_previous).abs() >= TOLERANCE_CHANGE))
         if on_iteration is not None and (update + 1) % max_iter == 0:
             on_iteration((update + 1) // max_iter, latest)
-    final[alive] = z
+    final[alive] = best if line_search else z
     return final
+
+
+def _backtrack(evaluate: Evaluate, z: Tensor, loss: Tensor, g: Tensor, reference: Tensor, direction: Tensor,
+               step: Tensor, slope: Tensor, alive: Tensor, total: int) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """Backtracking for every running target at once: (move, new loss, new gradient, found).
+    A target that finds no acceptable step keeps its point, loss and gradient (zero move: its
+    history pair is skipped and the caller retires it)."""
+    move = torch.zeros_like(z)
+    new_loss, new_g = loss.clone(), g.clone()
+    found = torch.zeros_like(loss, dtype=torch.bool)
+    trial = step.clone()
+    searching = torch.arange(len(z), device=z.device)
+    for _ in range(MAX_BACKTRACKS + 1):
+        candidate = direction[searching] * trial[searching, None]
+        rows = None if len(searching) == total else alive[searching]
+        values, grads = evaluate(z[searching] + candidate, rows)
+        margin = ARMIJO_C1 * trial[searching] * slope[searching]
+        ok = torch.isfinite(values) & (values <= reference[searching] + margin)
+        done = searching[ok]
+        move[done], new_loss[done], new_g[done], found[done] = candidate[ok], values[ok], grads[ok], True
+        searching = searching[~ok]
+        if not len(searching):
+            break
+        trial[searching] = trial[searching] * 0.5
+    return move, new_loss, new_g, found

@@ -68,7 +68,8 @@ def optimise_lbfgs(matcher: GradientMatcher, images: Tensor, labels: Tensor, con
         return objective.detach(), g
 
     z = batched_lbfgs(evaluate, torch.cat(parts, 1), lr=config.lr, iterations=config.iterations,
-                      max_iter=config.lbfgs_max_iter, history=config.lbfgs_history, on_iteration=on_iteration)
+                      max_iter=config.lbfgs_max_iter, history=config.lbfgs_history, on_iteration=on_iteration,
+                      line_search=config.lbfgs_line_search)
     return tuple(t.detach() for t in unpack(z))  # type: ignore[return-value]
 
 

@@ -1,8 +1,12 @@
 """Named attacks that follow their papers; docs/attacks.md gives each default's source.
 
 - ``dlg``: Zhu, Liu, Han, "Deep Leakage from Gradients", NeurIPS 2019, and its code: squared
-  L2 gradient distance, ``torch.optim.LBFGS(lr=1)`` (default max_iter 20, history 100, no
-  line search) stepped 300 times, soft labels learned with the images, randn start, no TV.
+  L2 gradient distance, ``torch.optim.LBFGS(lr=1)`` (default max_iter 20, history 100)
+  stepped 300 times, soft labels learned with the images, randn start, no TV. One deviation:
+  step control (``lbfgs_line_search=True``, a nonmonotone backtracking line search keeping the
+  best iterate) where DLG's L-BFGS takes every step as it is: with the fixed step, L-BFGS
+  diverges from some starts (4 of 8 exact CIFAR-10 images in benchmarks/breaching_compare.py);
+  with step control all 8 are recovered. ``lbfgs_line_search=False`` is DLG's optimiser exactly.
 - ``gia``: Geiping, Bauermeister, Droege, Moeller, "Inverting Gradients", NeurIPS 2020, and
   its inversefed code: 1 - cosine similarity over all gradient tensors, Adam lr 0.1 on signed
   gradients, lr x0.1 at 3/8, 5/8, 7/8 of 4,800 iterations, images boxed to [0, 1], randn
@@ -18,7 +22,7 @@ from __future__ import annotations
 from .config import AttackConfig
 
 DLG = AttackConfig(distance="l2", optimizer="lbfgs", lr=1.0, iterations=300, lbfgs_max_iter=20, lbfgs_history=100,
-                   labels="learned", init="randn", tv_weight=0.0)
+                   lbfgs_line_search=True, labels="learned", init="randn", tv_weight=0.0)
 
 GIA = AttackConfig(distance="cosine", optimizer="adam", lr=0.1, signed=True, iterations=4800,
                    milestones=[3 / 8, 5 / 8, 7 / 8], gamma=0.1, boxed=True, init="randn", tv_weight=0.1,
