@@ -8,6 +8,7 @@ import math
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 
 from gradguard.cli import run
@@ -19,7 +20,11 @@ def _as_png_pixels(image) -> np.ndarray:
     return (image[0] * 255 + 0.5).clamp(0, 255).byte().numpy()
 
 
-def test_attack_command_writes_grid_and_scores(tmp_path, capsys, mnist_sample):
+def test_attack_command_writes_grid_and_scores(tmp_path, capsys, mnist_sample, monkeypatch):
+    from gradguard.experiments import figures
+
+    drawn = []
+    monkeypatch.setattr(figures.plt, "close", drawn.append)  # keep the grid's figure to read what it shows
     out = tmp_path / "run"
     code = run(["attack", "--dataset", "mnist-sample", "--model", "lenet", "--attack", "gia", "--images", "4",
                 "--batch-size", "2", "--iterations", "3", "--restarts", "1", "--defense", "none", "--out", str(out)])
@@ -31,13 +36,13 @@ def test_attack_command_writes_grid_and_scores(tmp_path, capsys, mnist_sample):
     assert all(math.isfinite(float(row["psnr"])) and -1 <= float(row["ssim"]) <= 1 for row in rows)
     assert [int(row["label"]) for row in rows] == [int(mnist_sample.y_train[i]) for i in indices]
 
-    # grid.png: the 4 attacked images above their 4 reconstructions, 28x28 tiles with 2-pixel white padding.
+    # grid.png: the 4 attacked images above their 4 reconstructions, scaled up (tests/test_readable.py).
     grid = np.asarray(Image.open(out / "grid.png").convert("L"))
-    assert grid.shape == (2 * 30 + 2, 4 * 30 + 2)
-    tiles = [grid[2 + 30 * r:30 * (r + 1), 2 + 30 * c:30 * (c + 1)] for r in range(2) for c in range(4)]
+    assert grid.shape[0] >= 2 * figures.MIN_IMAGE_PX and grid.shape[1] >= 4 * figures.MIN_IMAGE_PX
+    (fig,) = drawn
+    shown = [np.asarray(ax.get_images()[0].get_array()) for ax in fig.axes]
     truths = {bytes(_as_png_pixels(mnist_sample.x_train[i])) for i in indices}
-    assert {bytes(tile) for tile in tiles[:4]} == truths  # the top row is exactly the attacked images
-    assert (grid[:2] == 255).all() and (grid[:, :2] == 255).all()
+    assert {bytes(_as_png_pixels(torch.from_numpy(a)[None])) for a in shown[:4]} == truths  # top row: the targets
 
     record = json.loads((out / "scores.json").read_text())
     assert record["summary"]["images"] == 4 and record["attack"]["iterations"] == 3

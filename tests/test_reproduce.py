@@ -52,6 +52,9 @@ def test_tiny_profile_covers_every_registration_and_produces_every_table_and_fig
     assert text.count("data:image/png;base64,") == len(list(report.glob("*.png")))
     tables = (report / "tables.md").read_text()
     assert "pending" not in tables and "Security" in tables and "Adaptive attacks" in tables
+    for term in ("- floor: ", "- verdict column", "- muted attack", "- ART vs none: "):
+        assert tables.count(term) == 1, f"{term!r} is explained once, where it is first used"
+    assert text.count('<p class="note">') == len(list(report.glob("*.png"))), "each figure says how to read it"
     store = ResultStore(tmp_path)
     soteria = [store.get(e["key"]).result["psnr_mean"] for e in entries(plan, "attack")
                if e["defense"] == "soteria"]

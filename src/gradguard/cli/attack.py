@@ -151,11 +151,14 @@ def _summary(record: dict, seconds: float) -> dict:
 
 
 def _write(out: Path, rows, summary, outcome, args: dict, cell) -> None:
-    import torch
-    from torchvision.utils import save_image
+    from ..experiments.figures import attack_grid
 
-    save_image(torch.cat([outcome.truth, outcome.images.clamp(0, 1)]), out / "grid.png", nrow=len(outcome.truth),
-               padding=2, pad_value=1.0)
+    options = ", ".join(f"{k}={v}" for k, v in cell.defense_options.items())
+    title = (f"{cell.label()} vs {cell.defense}{f' ({options})' if options else ''} on {cell.dataset}: mean PSNR "
+             f"{summary['psnr_mean']:.1f} dB, SSIM {summary['ssim_mean']:.2f} (floor {summary['floor_psnr']:.1f} dB, "
+             f"{summary['floor_ssim']:.2f})")
+    record = outcome.record
+    attack_grid(outcome.truth, outcome.images, record["psnr_each"], record["ssim_each"], title, out / "grid.png")
     with open(out / "scores.csv", "w", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=list(rows[0]))
         writer.writeheader()

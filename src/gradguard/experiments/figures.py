@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import textwrap
 from pathlib import Path
 from typing import Any
 
@@ -24,7 +25,7 @@ def _save(fig, path: Path) -> Path:
 
 def _show(ax, image) -> None:
     picture = image.permute(1, 2, 0).squeeze(-1).numpy()
-    ax.imshow(picture, cmap="gray" if picture.ndim == 2 else None, vmin=0, vmax=1)
+    ax.imshow(picture, cmap="gray" if picture.ndim == 2 else None, vmin=0, vmax=1, interpolation="nearest")
     ax.set_xticks([])
     ax.set_yticks([])
 
@@ -54,7 +55,9 @@ def reconstruction_grid(store: ResultStore, plan: dict[str, Any], attack: str, p
                 continue
             col = columns.index(entry["defense"]) + 1
             _show(axes[row, col], decode_images(cell.result["reconstruction"])[image])
-            axes[row, col].set_xlabel(f"{cell.result['psnr'][image]:.1f} dB", fontsize=7)
+            scores = cell.result
+            axes[row, col].set_xlabel(f"PSNR {scores['psnr'][image]:.1f} dB\nSSIM {scores['ssim'][image]:.2f}",
+                                      fontsize=7)
             _show(axes[row, 0], decode_images(cell.result["truth"])[image])
         axes[row, 0].set_ylabel(f"{dataset} #{image}", fontsize=8)
     for col, title in enumerate(["truth"] + columns):
@@ -62,6 +65,39 @@ def reconstruction_grid(store: ResultStore, plan: dict[str, Any], attack: str, p
     fig.suptitle(f"Reconstructions by {attack} (per dataset, the image it reconstructs best without defense)",
                  fontsize=9)
     return _save(fig, path)
+
+
+#: Each image of an attack grid is drawn at least this many pixels wide: a 28-pixel digit at
+#: its own size is a smudge in an image viewer, and its reconstruction's errors cannot be seen.
+MIN_IMAGE_PX = 96
+
+
+def attack_grid(truth, reconstructions, psnr: list[float], ssim: list[float], title: str, path: Path,
+                dpi: int = 100) -> Path:
+    """The truth above each reconstruction, scaled up without smoothing (nearest neighbour, so
+    every original pixel stays a visible square) to at least :data:`MIN_IMAGE_PX` pixels per
+    image, the rows labelled, each reconstruction's PSNR and SSIM under it, and ``title`` (the
+    attack, the defense and the dataset) above."""
+    count = len(truth)
+    side = max(MIN_IMAGE_PX, truth.shape[-1]) / dpi + 0.2  # inches per image, margin included
+    width = max(side * count + 1.0, 3.0)
+    lines = textwrap.wrap(title, width=int(width * 12))  # about 12 characters per inch at 9 pt
+    fig, axes = plt.subplots(2, count, squeeze=False, figsize=(width, 2 * side + 0.8 + 0.2 * len(lines)), dpi=dpi)
+    for k in range(count):
+        for row, image in ((0, truth[k]), (1, reconstructions[k].clamp(0, 1))):
+            picture = image.detach().cpu().permute(1, 2, 0).squeeze(-1).numpy()
+            axes[row, k].imshow(picture, cmap="gray" if picture.ndim == 2 else None, vmin=0, vmax=1,
+                                interpolation="nearest")
+            axes[row, k].set_xticks([])
+            axes[row, k].set_yticks([])
+        axes[1, k].set_xlabel(f"PSNR {psnr[k]:.1f} dB\nSSIM {ssim[k]:.2f}", fontsize=8)
+    axes[0, 0].set_ylabel("truth", fontsize=9)
+    axes[1, 0].set_ylabel("reconstruction", fontsize=9)
+    fig.suptitle("\n".join(lines), fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path, dpi=dpi)
+    plt.close(fig)
+    return path
 
 
 def accuracy_curves(store: ResultStore, plan: dict[str, Any], path: Path) -> Path:

@@ -7,6 +7,8 @@ import base64
 import html
 import json
 import platform
+from collections.abc import Callable
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -64,35 +66,88 @@ def build_report(folder: str | Path) -> Path:
         return _build(folder, store)
 
 
+#: Terms a reader meets in the tables, each explained in one line under the first table that uses
+#: it: (term, whether a table uses it, the explanation).
+GLOSSARY: tuple[tuple[str, Callable[[Table], bool], str], ...] = (
+    ("floor", lambda t: "floor" in t.title.lower() or any("floor" in h for h in t.header),
+     "floor: the score of a guess that uses no gradient at all (the dataset's mean image, or the mean image of "
+     "the target's own label); an attack that gets no closer than this learned nothing from the gradient."),
+    ("verdict", lambda t: any("of the better floor" in h for h in t.header),
+     "verdict column (within ... of the better floor): yes when even the strongest attack's PSNR and SSIM stay "
+     "within that margin of the better floor, so the defense holds; no when some attack gets clearly closer."),
+    ("muted attack", lambda t: any("mute" in cell for row in t.rows for cell in row[:2]),
+     "muted attack (oracle-mute, detect-mute, mute-perturbed): matches only the gradient entries the defense left "
+     "clean, leaving out (muting) the ones it perturbed; oracle-mute is told which they are, an upper bound no "
+     "real attacker reaches."),
+    ("overhead", lambda t: any(h == "ART vs none" for h in t.header),
+     "ART vs none: the round time against training without defense, as +x% up to twice as long, then as a "
+     "factor (x456: 456 times as long)."),
+)
+
+
+def explain_terms(tables: list[Table]) -> list[Table]:
+    """Each table with the one-line explanations of the terms it is the first to use."""
+    explained: set[str] = set()
+    result = []
+    for table in tables:
+        notes = [text for term, uses, text in GLOSSARY if term not in explained and uses(table)]
+        explained.update(term for term, uses, _ in GLOSSARY if uses(table))
+        result.append(replace(table, notes=(*table.notes, *notes)))
+    return result
+
+
+@dataclass(frozen=True)
+class Figure:
+    """A figure of the report: its heading, the PNG, and one sentence on how to read it."""
+
+    title: str
+    path: Path
+    how_to_read: str
+
+
 def _build(folder: Path, store: ResultStore) -> Path:
     out = folder / "report"
     tables: list[Table] = []
-    images: list[tuple[str, Path]] = []
+    images: list[Figure] = []
     plan = store.meta("plan")
     if plan:
         verdict = (store.meta("profile") or {}).get("verdict", {})
         tables += [privacy_table(store, plan), adaptive_table(store, plan), accuracy_table(store, plan),
                    security_table(store, plan, **verdict), strength_table(plan)]
         for attack in dict.fromkeys(p["attack"] for p in entries(plan, "attack", adaptive=False)):
-            images.append((f"Reconstructions by {attack}",
-                           figures.reconstruction_grid(store, plan, attack, out / f"reconstructions_{attack}.png")))
+            images.append(Figure(
+                f"Reconstructions by {attack}",
+                figures.reconstruction_grid(store, plan, attack, out / f"reconstructions_{attack}.png"),
+                "Left the true image, then what the attack rebuilt from its gradient under each defense, with the "
+                "PSNR under it: the less the rebuilt image looks like the truth, the better the defense hides it."))
         if entries(plan, "train"):
-            curves = figures.accuracy_curves(store, plan, out / "accuracy_curves.png")
-            images.append(("Test accuracy per round", curves))
+            images.append(Figure(
+                "Test accuracy per round", figures.accuracy_curves(store, plan, out / "accuracy_curves.png"),
+                "One line per defense: the global model's test accuracy as training goes on; a defense that costs "
+                "little stays close to the none line."))
         points = utility_points(store, plan)
         if points:
-            images.append(("Privacy (the strongest attack's PSNR) vs utility (ACC)", figures.privacy_utility(
-                points, out / "privacy_utility.png", ylabel="strongest attack's PSNR (dB)")))
+            images.append(Figure(
+                "Privacy (the strongest attack's PSNR) vs utility (ACC)",
+                figures.privacy_utility(points, out / "privacy_utility.png", ylabel="strongest attack's PSNR (dB)"),
+                "One point per defense: right is more accurate, down is more private (lower PSNR); the best "
+                "defenses sit bottom right, on or near the dashed Pareto front, and at the dotted floor an attack "
+                "learns nothing from the gradient."))
     sweep = store.meta("sweep")
     if sweep:
         tables.append(sweep_table(sweep))
         if all("floor_psnr" in p for p in sweep["points"]):
             tables.append(equal_privacy_table(sweep))
-        images.append(("Privacy-utility frontier (sweep)", figures.privacy_utility(
-            sweep["points"], out / "sweep.png", title=f"Frontier: {sweep['attack']} PSNR against ACC",
-            ylabel=f"{sweep['attack']} PSNR (dB)")))
+        images.append(Figure(
+            "Privacy-utility frontier (sweep)",
+            figures.privacy_utility(sweep["points"], out / "sweep.png",
+                                    title=f"Frontier: {sweep['attack']} PSNR against ACC",
+                                    ylabel=f"{sweep['attack']} PSNR (dB)"),
+            "One line per defense, one point per swept strength: right is more accurate, down is more private; "
+            "at equal height, the line further right costs less accuracy for the same privacy."))
     if not tables:
         raise GradguardError(f"report: the store in {folder} holds no finished reproduction or sweep yet")
+    tables = explain_terms(tables)
     for index, table in enumerate(tables):
         table.write_csv(out / f"table{index + 1}.csv")
     (out / "tables.md").write_text("\n".join(t.markdown() for t in tables))
@@ -128,21 +183,24 @@ def equal_privacy_table(sweep: dict[str, Any], margin_db: float = 1.0) -> Table:
 def _html_table(table: Table) -> str:
     head = "".join(f"<th>{html.escape(h)}</th>" for h in table.header)
     body = "".join("<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in row) + "</tr>" for row in table.rows)
-    return f"<h2>{html.escape(table.title)}</h2><table><tr>{head}</tr>{body}</table>"
+    notes = "".join(f"<p class='note'>{html.escape(note)}</p>" for note in table.notes)
+    return f"<h2>{html.escape(table.title)}</h2>{notes}<table><tr>{head}</tr>{body}</table>"
 
 
-def render_html(tables: list[Table], images: list[tuple[str, Path]], store: ResultStore) -> str:
+def render_html(tables: list[Table], images: list[Figure], store: ResultStore) -> str:
     """One page, images embedded as data URIs so it can be mailed or archived as a single file."""
     figures_html = "".join(
-        f'<figure><img alt="{html.escape(title)}" src="data:image/png;base64,'
-        f'{base64.b64encode(path.read_bytes()).decode()}"><figcaption>{html.escape(title)} '
-        f'({html.escape(path.name)})</figcaption></figure>' for title, path in images)
+        f'<h2>{html.escape(f.title)}</h2><p class="note">{html.escape(f.how_to_read)}</p>'
+        f'<figure><img alt="{html.escape(f.title)}" src="data:image/png;base64,'
+        f'{base64.b64encode(f.path.read_bytes()).decode()}"><figcaption>{html.escape(f.title)} '
+        f'({html.escape(f.path.name)})</figcaption></figure>' for f in images)
     config = {"profile": store.meta("profile"), "sweep": (store.meta("sweep") or {}).get("config"),
               "versions": versions(), "cells": store.count()}
     style = ("body{font-family:sans-serif;max-width:1100px;margin:2em auto;color:#222}"
              "table{border-collapse:collapse;margin:1em 0;font-size:13px}"
              "td,th{border:1px solid #ccc;padding:4px 8px}th{background:#f3f3f3}"
-             "img{max-width:100%}figure{margin:1.5em 0}pre{background:#f7f7f7;padding:1em;overflow:auto}")
+             "img{max-width:100%}figure{margin:1.5em 0}pre{background:#f7f7f7;padding:1em;overflow:auto}"
+             ".note{color:#555;font-size:13px;margin:0.3em 0}")
     return (f"<!doctype html><html><head><meta charset='utf-8'><title>gradguard report</title>"
             f"<style>{style}</style></head><body><h1>gradguard report</h1>"
             f"<p>PSNR and SSIM of reconstructions against the truth (lower = more private), label accuracy of the "

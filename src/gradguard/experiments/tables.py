@@ -19,15 +19,17 @@ from .store import ResultStore
 
 @dataclass(frozen=True)
 class Table:
-    """A titled grid of strings, written as Markdown or CSV."""
+    """A titled grid of strings, written as Markdown or CSV; ``notes`` are one-line explanations
+    printed under the title (the report puts each term's meaning where the term is first used)."""
 
     title: str
     header: list[str]
     rows: list[list[str]]
+    notes: tuple[str, ...] = ()
 
     def markdown(self) -> str:
-        lines = [f"### {self.title}", "", "| " + " | ".join(self.header) + " |",
-                 "|" + "---|" * len(self.header)]
+        lines = [f"### {self.title}", ""] + [f"- {note}" for note in self.notes] + [""] * bool(self.notes)
+        lines += ["| " + " | ".join(self.header) + " |", "|" + "---|" * len(self.header)]
         lines += ["| " + " | ".join(row) + " |" for row in self.rows]
         return "\n".join(lines) + "\n"
 
@@ -104,7 +106,7 @@ def accuracy_table(store: ResultStore, plan: dict[str, Any]) -> Table:
             rows.append([dataset, defense, "pending", "pending", "pending"])
             continue
         base = results.get((dataset, "none"))
-        overhead = f"{100 * (found['art_s'] / base['art_s'] - 1):+.1f}%" if base else "-"
+        overhead = overhead_text(found["art_s"] / base["art_s"]) if base else "-"
         rows.append([dataset, defense, f"{100 * found['accuracy']:.2f}%", f"{found['art_s'] * 1000:.1f} ms", overhead])
     return Table("Utility: final test accuracy (ACC) and average round time (ART)",
                  ["dataset", "defense", "ACC", "ART", "ART vs none"], rows)
@@ -113,6 +115,14 @@ def accuracy_table(store: ResultStore, plan: dict[str, Any]) -> Table:
 def _number(value: Any) -> str:
     """A number to 4 significant digits; any other option value (a mode's name) as it is."""
     return f"{value:.4g}" if isinstance(value, int | float) and not isinstance(value, bool) else str(value)
+
+
+def overhead_text(ratio: float) -> str:
+    """A time ratio against no defense, readable at any size: ``+12.5%`` up to twice as long,
+    then ``x3.4`` and ``x456`` (``+45503.8%`` says the same, but nobody reads it)."""
+    if ratio < 2:
+        return f"{100 * (ratio - 1):+.1f}%"
+    return f"x{ratio:.1f}" if ratio < 10 else f"x{ratio:.0f}"
 
 
 def strength_table(plan: dict[str, Any]) -> Table:
