@@ -63,7 +63,7 @@ def attack(args) -> None:
     from ..data import load_dataset
     from ..defenses import Defense
     from ..errors import ConfigError
-    from ..experiments.cells import AttackCell, run_attack
+    from ..experiments.cells import AttackCell, run_attack, seeded_model
 
     if args.images < 1 or args.batch_size < 1 or args.images % args.batch_size:
         raise ConfigError(f"attack: --images ({args.images}) must be a positive multiple of --batch-size "
@@ -90,6 +90,8 @@ def attack(args) -> None:
         raise ConfigError(f"attack: --images {args.images} exceeds the {len(data.x_train)} training images")
     model_options = ({"dlg_init": True} if args.model == "lenet" else {}) | parse_key_values(args.model_opt,
                                                                                              "--model-opt")
+    # an unknown model or model option fails now, before --out is claimed and the progress bar shows
+    seeded_model(data, args.model, args.seed, not args.unnormalised, **model_options)
     cell = AttackCell(dataset=args.dataset, model=args.model, model_options=model_options,
                       normalised=not args.unnormalised, attack=base, attack_overrides=overrides, adaptive=adaptive,
                       adaptive_options=adaptive_options, defense=args.defense, defense_options=defense_options,
