@@ -155,6 +155,12 @@ class Defense(ABC):
         only (the oracle attack, detection scores): a client never sends it."""
         return self.defend(grads, context), None
 
+    def reads_context(self) -> bool:
+        """Whether this configured defense reads the context's model, batch or local data (the
+        class's ``needs_batch`` says whether any configuration may). A trainer gathers them
+        only when it does: loading a client's parameters into a model costs a copy per step."""
+        return self.needs_batch
+
     def compensator(self) -> Compensator | None:
         """The server-side compensator for this defense, or None when the plain average is best."""
         return None

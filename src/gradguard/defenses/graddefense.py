@@ -246,6 +246,12 @@ class GradDefense(Defense):
             zeros = self._padding[count] = torch.zeros(count)
         return zeros
 
+    def reads_context(self) -> bool:
+        """Only risk estimates, layer slices and per-sample clipping read the model or data; the
+        default (equal-size slices, batch clipping) needs the gradient alone."""
+        c = self.config
+        return c.slicing == "layers" or (c.sensitivity != "uniform" and self._needs_slices()) or c.clip_per_sample
+
     def noise_model(self, batch_size: int = 1) -> NoiseModel:
         return NoiseModel("gaussian", self.config.noise_std, self._fraction, fresh=not self.config.memoize)
 

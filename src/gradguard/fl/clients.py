@@ -121,7 +121,7 @@ class LocalTrainer:
         """What the defense sees; the client's local data is gathered (once) only for defenses
         that read more than the gradient."""
         local = None
-        if self.defense.needs_batch:
+        if self.defense.reads_context():
             if job.client not in self._local_data:
                 self._local_data[job.client] = (self.x[job.data_indices], self.y[job.data_indices])
             local = self._local_data[job.client]
@@ -188,7 +188,7 @@ class VectorizedTrainer(LocalTrainer):
         names = list(grads)
         defended = []
         for i, job in enumerate(jobs):
-            model = self._client_model({n: p[i] for n, p in params.items()}) if self.defense.needs_batch else None
+            model = self._client_model({n: p[i] for n, p in params.items()}) if self.defense.reads_context() else None
             context = self.context(job, model, x[i], y[i], step)
             defended.append(self.defense.defend([grads[n][i] for n in names], context))
         return {n: torch.stack([d[k] for d in defended]) for k, n in enumerate(names)}
