@@ -44,12 +44,25 @@ def federate(grid: Grid, config: dict, strategy: DefendedStrategy | None = None)
                           evaluate_fn=central_evaluate)
 
 
+def summary(config: dict, accuracy: dict[int, float]) -> str:
+    """The run in a few readable lines: what was trained with which defense, then the held-out
+    accuracy before training and after each round (percentages, not raw floats)."""
+    scale = float(config["lr"]) * int(config["local-steps"])  # as make_strategy sets it
+    settings = DefenseSettings.from_configs(config, {}).model_copy(update={"scale": scale})
+    rounds = sorted(accuracy)
+    steps = " -> ".join(f"{100 * accuracy[r]:.1f}%" + (" (start)" if r == 0 else "") for r in rounds)
+    return (f"gradguard-mnist: {len(rounds) - 1} rounds of FedAvg on {task.DATASET}, at least {config['min-nodes']} "
+            f"clients, defense {settings.describe()}\n"
+            f"held-out accuracy by round: {steps}\n"
+            f"final held-out accuracy: {100 * accuracy[rounds[-1]]:.1f}% after round {rounds[-1]}")
+
+
 @app.main()
 def main(grid: Grid, context: Context) -> None:
     config = task.run_config(context)
     result = federate(grid, config)
     accuracy = {r: m["accuracy"] for r, m in result.evaluate_metrics_serverapp.items()}
-    print(f"gradguard-mnist: held-out accuracy by round {accuracy}")
+    print(summary(config, accuracy))
     if config["result-file"]:
         with open(str(config["result-file"]), "w") as f:
             json.dump({"accuracy": accuracy, "defense": config["gradguard.defense"]}, f)

@@ -74,7 +74,8 @@ class DefenseMod:
             reply.content[key] = self._defend(defense, settings, context, round_, global_record, local_record)
         except (GradguardError, ValidationError, ValueError, TypeError) as exc:
             return _error_reply(msg, exc)
-        log(INFO, "DefenseMod: node %s, round %s: %s", context.node_id, round_, _summary(settings))
+        log(INFO, "DefenseMod: node %s, round %s: defended the reply with %s", context.node_id, round_,
+            settings.describe(defense))
         return reply
 
     def _defend(self, defense: Defense, settings: DefenseSettings, context: Context, round_: int,
@@ -124,12 +125,6 @@ def _server_round(train_config: dict) -> int:
     if not isinstance(value, int) or isinstance(value, bool):
         raise ConfigError(f"server-round: expected an integer in the train config, got {value!r}")
     return value
-
-
-def _summary(settings: DefenseSettings) -> str:
-    """One line: the defense, its options and the scale (never the seed, which stays private)."""
-    options = ", ".join(f"{k}={v!r}" for k, v in sorted(settings.options.items()))
-    return f"defended the reply with {settings.defense}({options}), scale {settings.scale:g}"
 
 
 def _error_reply(msg: Message, exc: Exception) -> Message:

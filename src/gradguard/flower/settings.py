@@ -48,6 +48,19 @@ class DefenseSettings(BaseModel):
         with config_errors(f"defense {self.defense!r}"):
             return Defense.from_config(self.defense, **self.options)
 
+    def describe(self, defense: Defense | None = None) -> str:
+        """One line for logs, as Flower's DP mods log their clipping and noise: the defense with
+        the options set (``defaults`` when none), the public noise it adds and the scale; never
+        the seed, which stays private."""
+        defense = defense if defense is not None else self.build()
+        options = ", ".join(f"{k}={v!r}" for k, v in sorted(self.options.items())) or "defaults"
+        text = f"{self.defense}({options})"
+        noise = defense.noise_model()
+        if noise is not None:
+            text += (f", {noise.distribution} noise of std {noise.std:g} on {100 * noise.fraction:.0f}% of the "
+                     f"elements" + ("" if noise.fresh else " (memoised: the same update gets the same noise)"))
+        return text + f", scale {self.scale:g}"
+
     def to_config(self) -> dict[str, Any]:
         """Flat ``gradguard.*`` keys for a Flower ConfigRecord (never the seed)."""
         flat: dict[str, Any] = {PREFIX + "defense": self.defense, PREFIX + "scale": float(self.scale)}

@@ -15,9 +15,11 @@ the mean update (FedAdam, FedYogi, ...) see the compensated update.
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
+from logging import INFO
 
 import torch
 from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord
+from flwr.common.logger import log
 from flwr.serverapp import Grid
 from flwr.serverapp.strategy import FedAvg, Strategy
 
@@ -53,6 +55,10 @@ class DefendedStrategy(Strategy):
 
     def configure_train(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord,
                         grid: Grid) -> Iterable[Message]:
+        # One line per round saying which defense is active, as Flower's DP wrappers log theirs.
+        compensation = type(self.compensator).__name__ if self.compensator is not None else "none (plain average)"
+        log(INFO, "DefendedStrategy: round %s: clients defend their updates with %s; server compensation: %s",
+            server_round, self.settings.describe(self.defense), compensation)
         self._global = {server_round: arrays}
         config = ConfigRecord({**config, **self.settings.to_config()})
         return self.strategy.configure_train(server_round, arrays, config, grid)
