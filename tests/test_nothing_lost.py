@@ -295,3 +295,38 @@ def test_jobs_zero_is_refused_by_the_library_too(tmp_path):
 
     with pytest.raises(ConfigError, match="jobs=0"):
         CellRunner(ResultStore(tmp_path), jobs=0)
+
+
+# -- values that validate but mean nothing --
+
+@pytest.mark.parametrize("options, message", [({"sigma": float("inf")}, "finite"), ({"sigma": 1e39}, "float32")])
+def test_a_defense_refuses_noise_no_float32_gradient_can_hold(options, message):
+    from gradguard.defenses import Defense
+    from gradguard.errors import ConfigError
+
+    with pytest.raises(ConfigError, match=message):
+        Defense.from_config("dp-gaussian", **options)
+
+
+def test_an_attack_refuses_a_gradient_it_cannot_match_instead_of_scoring_its_start(mnist_sample):
+
+    from gradguard.attacks import Attack
+    from gradguard.errors import ConfigError
+    from gradguard.experiments.cells import seeded_model
+    from gradguard.grads import batch_gradient
+
+    model = seeded_model(mnist_sample, "lenet", 0, dlg_init=True)
+    gradient = batch_gradient(model, mnist_sample.x_train[:1], mnist_sample.y_train[:1])
+    attack = Attack.from_config("dlg", iterations=2)
+    with pytest.raises(ConfigError, match="NaN or inf"):
+        attack.reconstruct(model, [g * float("inf") for g in gradient], (1, 28, 28), 1)
+    with pytest.raises(ConfigError, match="overflows float32"):
+        attack.reconstruct(model, [g * 1e30 for g in gradient], (1, 28, 28), 1)
+
+
+def test_a_fraction_that_samples_no_client_is_refused():
+    from gradguard.fl import SimulationConfig
+
+    with pytest.raises(ValueError, match=r"fraction=0.04: samples round\(0.04 x 10 clients\) = 0"):
+        SimulationConfig(clients=10, fraction=0.04)
+    assert SimulationConfig(clients=10, fraction=0.1).clients_per_round == 1
