@@ -132,7 +132,7 @@ class Plan:
 
 
 def attack_cell_for(profile: Profile, dataset: str, attack: str | None, defense: str, options: dict[str, Any],
-                    adaptive: str | None = None) -> AttackCell:
+                    adaptive: str | None = None, seed: int | None = None) -> AttackCell:
     adaptive_options: dict[str, Any] = {}
     if adaptive is not None:
         if "rounds" in inspect.signature(ADAPTIVE[adaptive]).parameters:
@@ -142,13 +142,15 @@ def attack_cell_for(profile: Profile, dataset: str, attack: str | None, defense:
                       normalised=attack not in profile.unnormalised_attacks, attack=attack,
                       attack_overrides=profile.attack_overrides.get(attack, {}) if attack else {}, adaptive=adaptive,
                       adaptive_options=adaptive_options, defense=defense, defense_options=options,
-                      images=profile.images, batch_size=profile.batch_size, seed=profile.seed,
+                      images=profile.images, batch_size=profile.batch_size,
+                      seed=profile.seed if seed is None else seed,
                       target_pool=profile.target_pool, aux_images=profile.aux_images)
 
 
-def train_cell_for(profile: Profile, dataset: str, defense: str, options: dict[str, Any]) -> TrainCell:
+def train_cell_for(profile: Profile, dataset: str, defense: str, options: dict[str, Any],
+                   seed: int | None = None) -> TrainCell:
     return TrainCell(dataset=dataset, model=profile.model, defense=defense, defense_options=options,
-                     train=profile.train, seed=profile.seed)
+                     train=profile.train, seed=profile.seed if seed is None else seed)
 
 
 def applicable_adaptive(profile: Profile, defense: str) -> list[str]:
@@ -215,24 +217,30 @@ def build_plan(profile: Profile) -> Plan:
             task_id = "/".join(str(v) for v in labels.values() if v is not None) + f"/{role}"
             plan.tasks.append(Task(task_id, role, cell, labels, searched.get(labels["defense"])))
 
-        for attack in profile.attack_names():
+        # every seed repeats the cells with its own targets, partition, initialisation and noise;
+        # a searched strength is searched once, on the first seed, and used by all
+        for seed in profile.seed_list():
+            seed_label = seed if profile.seeds > 1 else None  # one seed: task ids as before seeds existed
+            for attack in profile.attack_names():
+                for defense in defenses:
+                    add("attack", attack_cell_for(profile, dataset, attack, defense, options[defense], seed=seed),
+                        {"dataset": dataset, "attack": attack, "adaptive": None, "defense": defense,
+                         "seed": seed_label})
             for defense in defenses:
-                add("attack", attack_cell_for(profile, dataset, attack, defense, options[defense]),
-                    {"dataset": dataset, "attack": attack, "adaptive": None, "defense": defense})
-        for defense in defenses:
-            for adaptive in applicable_adaptive(profile, defense):
-                # an attack that reconstructs by itself needs no base attack: one cell
-                bases: list[str | None] = [None] if ADAPTIVE[adaptive].reconstructs else \
-                    list(profile.adaptive_base_attacks())
-                for base_attack in bases:
-                    cell = attack_cell_for(profile, dataset, base_attack, defense, options[defense], adaptive)
-                    add("attack", cell, {"dataset": dataset, "attack": base_attack, "adaptive": adaptive,
-                                         "defense": defense})
-        if dataset in profile.trained_datasets():
-            for defense in defenses:
-                if DEFENSES[defense].trains:
-                    add("train", train_cell_for(profile, dataset, defense, options[defense]),
-                        {"dataset": dataset, "defense": defense})
+                for adaptive in applicable_adaptive(profile, defense):
+                    # an attack that reconstructs by itself needs no base attack: one cell
+                    bases: list[str | None] = [None] if ADAPTIVE[adaptive].reconstructs else \
+                        list(profile.adaptive_base_attacks())
+                    for base_attack in bases:
+                        cell = attack_cell_for(profile, dataset, base_attack, defense, options[defense], adaptive,
+                                               seed=seed)
+                        add("attack", cell, {"dataset": dataset, "attack": base_attack, "adaptive": adaptive,
+                                             "defense": defense, "seed": seed_label})
+            if dataset in profile.trained_datasets():
+                for defense in defenses:
+                    if DEFENSES[defense].trains:
+                        add("train", train_cell_for(profile, dataset, defense, options[defense], seed=seed),
+                            {"dataset": dataset, "defense": defense, "seed": seed_label})
     return plan
 
 

@@ -118,7 +118,10 @@ class Profile(BaseModel):
     train: TrainSettings = Field(default_factory=TrainSettings)
     train_datasets: list[str] | None = Field(None, description="datasets trained on; None: the same datasets")
     costs: CostModel = Field(default_factory=CostModel)
-    seed: int = 0
+    seed: int = Field(0, description="the first seed: data selection, partitions, initialisation and noise")
+    seeds: int = Field(1, ge=1, description="independent repetitions with seeds seed, seed + 1, ...; the tables "
+                                            "give means with 95% intervals over their targets (privacy) and over "
+                                            "the seeds (accuracy); searched strengths are searched on the first")
 
     @model_validator(mode="after")
     def _whole_batches(self) -> Profile:
@@ -155,6 +158,9 @@ class Profile(BaseModel):
 
     def adaptive_base_attacks(self) -> list[str]:
         return self.attack_names() if self.adaptive_with is None else list(self.adaptive_with)
+
+    def seed_list(self) -> list[int]:
+        return list(range(self.seed, self.seed + self.seeds))
 
     def trained_datasets(self) -> list[str]:
         return list(self.datasets) if self.train_datasets is None else list(self.train_datasets)

@@ -8,12 +8,14 @@ The plan's ``tasks`` are entries ``{role, dataset, attack, adaptive, defense, ke
 from __future__ import annotations
 
 import csv
+import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from .stats import merge_attack_results, merge_train_results, paired_difference
 from .store import ResultStore
 
 
@@ -55,22 +57,56 @@ def attack_label(entry: dict[str, Any]) -> str:
 
 
 def entries(plan: dict[str, Any], role: str, adaptive: bool | None = None) -> list[dict[str, Any]]:
-    """The plan's entries of one role; for attacks, only plain (False) or only adaptive (True) ones."""
+    """The plan's entries of one role; for attacks, only plain (False) or only adaptive (True) ones.
+    The seeds of a multi-seed run are one entry: its ``keys`` are the cells of every seed, in seed
+    order, and :func:`result` merges them."""
     chosen = [e for e in plan["tasks"] if e["role"] == role]
     if adaptive is not None:
         chosen = [e for e in chosen if bool(e.get("adaptive")) == adaptive]
-    return chosen
+    grouped: dict[tuple, list[dict[str, Any]]] = {}
+    for entry in chosen:
+        labels = tuple((k, v) for k, v in entry.items() if k not in ("seed", "key", "id"))
+        grouped.setdefault(labels, []).append(entry)
+    merged = []
+    for group in grouped.values():
+        group = sorted(group, key=lambda e: e.get("seed") or 0)
+        merged.append({**group[0], "keys": [e["key"] for e in group], "seeds": [e.get("seed") for e in group]})
+    return merged
 
 
 def result(store: ResultStore, entry: dict[str, Any]) -> dict[str, Any] | None:
-    cell = store.get(entry["key"])
-    return cell.result if cell else None
+    """An entry's result, merged over its seeds (None until every seed's cell is stored), with
+    95% intervals (``psnr_ci``, ``ssim_ci`` over the targets; ``accuracy_ci`` over the seeds)."""
+    found = []
+    for key in entry.get("keys", [entry["key"]]):
+        cell = store.get(key)
+        if cell is None:
+            return None
+        found.append(cell.result)
+    if entry.get("role") == "train":
+        return merge_train_results(found)
+    return merge_attack_results(found) if "psnr_mean" in found[0] else found[0]
+
+
+class _Spread:
+    """``±half-width`` of a 95% interval, formatted like the mean it follows; empty without one."""
+
+    def __init__(self, half_width: float):
+        self.half_width = half_width
+
+    def __format__(self, spec: str) -> str:
+        return "" if math.isnan(self.half_width) else "±" + format(self.half_width, spec)
+
+
+def _spread(found: dict[str, Any], metric: str) -> _Spread:
+    return _Spread(found.get(f"{metric}_ci", math.nan))
 
 
 def _privacy_text(found: dict[str, Any] | None) -> str:
     if found is None:
         return "pending"
-    return (f"{found['psnr_mean']:.1f}±{found['psnr_std']:.1f} dB / {found['ssim_mean']:.2f}±{found['ssim_std']:.2f}"
+    psnr, ssim = _spread(found, "psnr"), _spread(found, "ssim")
+    return (f"{found['psnr_mean']:.1f}{psnr:.1f} dB / {found['ssim_mean']:.2f}{ssim:.2f}"
             f" / {100 * found['label_accuracy']:.0f}%")
 
 
@@ -87,7 +123,8 @@ def _grid(store: ResultStore, chosen: list[dict[str, Any]], title: str) -> Table
 def privacy_table(store: ResultStore, plan: dict[str, Any]) -> Table:
     """Rows: (dataset, plain attack); columns: each defense; entries: PSNR and SSIM mean ± std, labels."""
     return _grid(store, entries(plan, "attack", adaptive=False),
-                 "Privacy: PSNR / SSIM / label accuracy of reconstructions (lower = more private)")
+                 "Privacy: PSNR / SSIM / label accuracy of reconstructions (lower = more private; "
+                 "± the 95% interval of the mean over the targets)")
 
 
 def adaptive_table(store: ResultStore, plan: dict[str, Any]) -> Table:
@@ -98,18 +135,25 @@ def adaptive_table(store: ResultStore, plan: dict[str, Any]) -> Table:
 
 
 def accuracy_table(store: ResultStore, plan: dict[str, Any]) -> Table:
-    """Rows: (dataset, defense); ACC, ART and ART overhead against ``none`` in the same run."""
+    """Rows: (dataset, defense); ACC (± its 95% interval over seeds), ACC against ``none`` paired
+    by seed (``*``: the interval excludes zero), ART and its overhead against ``none``."""
     results = {(e["dataset"], e["defense"]): result(store, e) for e in entries(plan, "train")}
     rows = []
     for (dataset, defense), found in results.items():
         if found is None:
-            rows.append([dataset, defense, "pending", "pending", "pending"])
+            rows.append([dataset, defense, "pending", "pending", "pending", "pending"])
             continue
         base = results.get((dataset, "none"))
         overhead = overhead_text(found["art_s"] / base["art_s"]) if base else "-"
-        rows.append([dataset, defense, f"{100 * found['accuracy']:.2f}%", f"{found['art_s'] * 1000:.1f} ms", overhead])
-    return Table("Utility: final test accuracy (ACC) and average round time (ART)",
-                 ["dataset", "defense", "ACC", "ART", "ART vs none"], rows)
+        difference = "-"
+        if base is not None and defense != "none":
+            paired = paired_difference(found["accuracy_each"], base["accuracy_each"])
+            difference = paired.text(2, 100, " pts") + (" *" if paired.excludes_zero() else "")
+        acc = f"{100 * found['accuracy']:.2f}%{_Spread(100 * found['accuracy_ci']):.2f}"
+        rows.append([dataset, defense, acc, difference, f"{found['art_s'] * 1000:.1f} ms", overhead])
+    return Table("Utility: final test accuracy (ACC, ± its 95% interval over seeds) and average round time (ART)",
+                 ["dataset", "defense", "ACC", "ACC vs none (paired by seed; * significant)", "ART", "ART vs none"],
+                 rows)
 
 
 def _number(value: Any) -> str:
