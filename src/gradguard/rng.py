@@ -87,12 +87,14 @@ def new_secret(generator: torch.Generator | None = None) -> bytes:
 
 
 @contextmanager
-def seeded_global_rng(seed: int, *purpose: object) -> Iterator[None]:
+def seeded_global_rng(seed: int, *purpose: object, device: str | torch.device | None = None) -> Iterator[None]:
     """Seed torch's global (CPU) RNG with ``derive_seed(seed, *purpose)`` for the block, for code
     that cannot take a generator (``nn.Module`` initialisation); the caller's state is restored
-    on exit."""
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(derive_seed(seed, *purpose))
+    on exit. With a CUDA ``device``, that GPU's global RNG too (dropout on the GPU draws from it)."""
+    where = torch.device(device) if device is not None else torch.device("cpu")
+    cuda = where.type == "cuda"
+    with torch.random.fork_rng(devices=[where.index or 0] if cuda else []):
+        torch.manual_seed(derive_seed(seed, *purpose))  # seeds every GPU's RNG too; only ``index``'s is restored
         yield
 
 

@@ -88,7 +88,8 @@ class Attack:
         for _ in range(images_count * restarts):
             starts.append(_initial_images(config, shape, generator, dtype).to(device))
             if hard is None:
-                label_vars.append(torch.randn(batch_size, classes, generator=generator, dtype=dtype).to(device))
+                label_vars.append(torch.randn(batch_size, classes, generator=generator, dtype=dtype,
+                                              device=generator.device).to(device))
         init_labels = torch.stack(label_vars) if hard is None else hard.repeat_interleave(restarts, 0)
         matcher = GradientMatcher(model, stacked, weights, config)
         images, label_state = OPTIMIZERS[config.optimizer](matcher, torch.stack(starts), init_labels, config, progress)
@@ -123,10 +124,11 @@ class Attack:
         return f"Attack({self.config!r})"
 
 
+# Drawn on the generator's device (a CUDA generator draws only there), then moved to the model's.
 INITIALISERS = {
-    "randn": lambda shape, g, dtype, value: torch.randn(shape, generator=g, dtype=dtype),
-    "uniform": lambda shape, g, dtype, value: torch.rand(shape, generator=g, dtype=dtype),
-    "constant": lambda shape, g, dtype, value: torch.full(shape, value, dtype=dtype),
+    "randn": lambda shape, g, dtype, value: torch.randn(shape, generator=g, dtype=dtype, device=g.device),
+    "uniform": lambda shape, g, dtype, value: torch.rand(shape, generator=g, dtype=dtype, device=g.device),
+    "constant": lambda shape, g, dtype, value: torch.full(shape, value, dtype=dtype, device=g.device),
 }
 
 

@@ -25,6 +25,7 @@ from .options import (
     claim_out,
     parse_key_values,
 )
+from .scale import add_device_option
 
 RESULT_FILES = ("grid.png", "scores.csv", "scores.json")
 
@@ -53,6 +54,7 @@ def configure(p) -> None:
     p.add_argument("--iterations", type=int, default=None, help="override the preset's iterations")
     p.add_argument("--restarts", type=int, default=None, help="override the preset's restarts")
     add_seed_option(p)
+    add_device_option(p)
     add_out_option(p, "runs/attack")
 
 
@@ -62,9 +64,11 @@ def attack(args) -> None:
     from ..attacks import ADAPTIVE, Attack, adaptive_attack
     from ..data import load_dataset
     from ..defenses import Defense
+    from ..device import resolve_device
     from ..errors import ConfigError
     from ..experiments.cells import AttackCell, run_attack, seeded_model
 
+    device = resolve_device(args.device)  # a GPU this machine lacks: one line before anything loads
     if args.images < 1 or args.batch_size < 1 or args.images % args.batch_size:
         raise ConfigError(f"attack: --images ({args.images}) must be a positive multiple of --batch-size "
                           f"({args.batch_size})")
@@ -101,11 +105,12 @@ def attack(args) -> None:
     with claim_out(Path(args.out), "attack", RESULT_FILES, overwrite=args.overwrite):
         start = time.perf_counter()
         if attacker is not None and adaptive is None:
-            outcome = _with_progress(attacker, lambda progress: run_attack(cell, args.data_root, data, progress))
+            outcome = _with_progress(attacker, lambda progress: run_attack(cell, args.data_root, data, progress,
+                                                                           device=device))
         else:
-            outcome = run_attack(cell, args.data_root, data)
+            outcome = run_attack(cell, args.data_root, data, device=device)
         rows = _rows(outcome, data)
-        summary = _summary(outcome.record, time.perf_counter() - start)
+        summary = _summary(outcome.record, time.perf_counter() - start) | {"device": str(device)}
         _write(Path(args.out), rows, summary, outcome, vars(args), cell)
     floor_psnr, floor_ssim = summary["floor_psnr"], summary["floor_ssim"]
     print(f"{cell.label()} vs {args.defense}: psnr {summary['psnr_mean']:.2f} dB, ssim {summary['ssim_mean']:.3f}, "

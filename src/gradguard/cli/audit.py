@@ -57,8 +57,8 @@ def configure(p) -> None:
 def audit_command(args) -> None:
     from ..auditing import AuditConfig, prepare_audit, run_audit
     from ..errors import config_errors
-    from ..experiments.store import ResultStore
-    from .experiments import _finish, _progress, _runner, console
+    from .experiments import _finish, _open_store, _progress, _runner, console
+    from .scale import runner_options
 
     defenses = [name.strip() for name in args.defenses.split(",") if name.strip()]
     with config_errors("audit"):
@@ -67,8 +67,9 @@ def audit_command(args) -> None:
                              defenses=defenses, budget=args.budget, seed=args.seed)
     start = time.perf_counter()
     prepared = prepare_audit(config, args.data_root)  # every input checked before any work
+    runner_options(args)  # --device cuda without a GPU: one line before the folder is made
     out = ensure_out_dir(args.out)
-    store = ResultStore(out)
+    store = _open_store(out, args)  # cells of another device: refused unless --reuse-other-device
     info = prepared.model_info
     with _progress() as progress, _runner(args, store, progress, prepared.plan) as runner:
         stored = runner.stored_count(prepared.plan)

@@ -19,6 +19,7 @@ from rich.progress import (
 
 from .app import command
 from .options import add_data_root
+from .scale import add_executor_options, runner_options
 
 console = Console(stderr=True)
 
@@ -29,6 +30,7 @@ def _add_run_options(p, default_out: str) -> None:
                         "on the same folder is refused while the first one writes there")
     add_data_root(p)
     p.add_argument("--jobs", type=_jobs, default=1, help="worker processes for independent cells (>= 1)")
+    add_executor_options(p)
 
 
 def _jobs(text: str) -> int:
@@ -42,8 +44,9 @@ def _jobs(text: str) -> int:
 
 
 def _progress() -> Progress:
-    return Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                    TextColumn("ETA"), TimeRemainingColumn(), console=console, transient=False)
+    return Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+                    TextColumn("{task.fields[flight]}"), TimeElapsedColumn(), TextColumn("ETA"), TimeRemainingColumn(),
+                    console=console, transient=False)
 
 
 def _runner(args, store, progress: Progress, plan):
@@ -51,8 +54,9 @@ def _runner(args, store, progress: Progress, plan):
     it starts at the units already stored, and every other unit advances it once."""
     from ..experiments.runner import CellRunner
 
-    runner = CellRunner(store, data_root=args.data_root, jobs=args.jobs)
-    task = progress.add_task("starting", total=plan.size, completed=runner.stored_count(plan))
+    runner = CellRunner(store, data_root=args.data_root, jobs=args.jobs, **runner_options(args))
+    task = progress.add_task("starting", total=plan.size, completed=runner.stored_count(plan), flight="")
+    flight = {"running": 0, "queued": 0}
 
     def done(label: str, cached: bool) -> None:
         if cached:  # counted at the start (the runner reports exactly those as cached)
@@ -60,24 +64,40 @@ def _runner(args, store, progress: Progress, plan):
         progress.update(task, advance=1)
         if not console.is_terminal:  # a log file gets one line per computed unit instead of a bar
             state = progress.tasks[task]
-            console.print(f"{state.completed:.0f}/{state.total:.0f} {label}", soft_wrap=True)
+            console.print(f"{state.completed:.0f}/{state.total:.0f} {label} (cells running {flight['running']}, "
+                          f"queued {flight['queued']})", soft_wrap=True)
+
+    def queue(running: int, queued: int) -> None:
+        flight.update(running=running, queued=queued)
+        progress.update(task, flight=f"{running} running, {queued} queued")
 
     def start(cell) -> None:
         progress.update(task, description=cell.describe())
 
-    runner.on_start, runner.on_done = start, done
+    runner.on_start, runner.on_done, runner.on_queue = start, done, queue
     return runner
 
 
 def _finish(progress: Progress) -> None:
     for task in progress.tasks:
-        progress.update(task.id, description="all cells done")
+        progress.update(task.id, description="all cells done", flight="")
 
 
-def _open_store(out: Path):
+def _open_store(out: Path, args=None):
+    """The run folder's store; with ``args``, refused at once (one line, before any progress bar)
+    when it holds cells of another device than a local run's and --reuse-other-device is not given
+    (a Ray run checks once the cluster says which device its tasks get)."""
+    from ..experiments.runner import CellRunner
     from ..experiments.store import ResultStore
 
-    return ResultStore(out)
+    store = ResultStore(out)
+    if args is not None:
+        try:
+            CellRunner(store, **runner_options(args)).check_devices(local=True)
+        except BaseException:
+            store.close()
+            raise
+    return store
 
 
 def _claim(out: Path, command: str):
@@ -112,8 +132,9 @@ def _reproduce(args, profile) -> Path | None:
         return None
     check_datasets(profile, args.data_root)
     plan.validate()  # every option of every cell, before any output or file
+    runner_options(args)  # a GPU this machine lacks: one line before the folder is touched
     with _claim(args.out, args.command):
-        store = _open_store(args.out)
+        store = _open_store(args.out, args)
         start = time.perf_counter()
         with _progress() as progress, _runner(args, store, progress, plan) as runner:
             stored = runner.stored_count(plan)
@@ -124,7 +145,8 @@ def _reproduce(args, profile) -> Path | None:
             reproduce(runner, profile)
             _finish(progress)
         page = build_report(args.out)
-    console.print(f"done in {time.perf_counter() - start:.0f} s ({len(runner.computed)} cells computed); "
+    console.print(f"done in {time.perf_counter() - start:.0f} s ({len(runner.computed)} cells computed on "
+                  f"{runner.computes_on}); "
                   f"report: {page}")
     return page
 
@@ -206,8 +228,9 @@ def sweep_command(args) -> None:
     plan, _ = sweep_plan(profile, args.dataset, args.attack, curves)
     check_datasets(profile, args.data_root)
     plan.validate()  # a bad option fails here: no progress line, no empty store
+    runner_options(args)
     with _claim(args.out, "sweep"):
-        store = _open_store(args.out)
+        store = _open_store(args.out, args)
         with _progress() as progress, _runner(args, store, progress, plan) as runner:
             sweep(runner, profile, args.dataset, args.attack, curves)
             _finish(progress)

@@ -14,6 +14,7 @@ from .options import (
     claim_out,
     parse_key_values,
 )
+from .scale import add_device_option
 
 RESULT_FILES = ("history.json", "history.csv", "accuracy.png")
 
@@ -42,6 +43,7 @@ def configure(p: argparse.ArgumentParser) -> None:
     p.add_argument("--alpha", type=float, default=0.5, help="Dirichlet concentration for --partition dirichlet")
     p.add_argument("--eval-every", type=int, default=1, help="evaluate every this many rounds")
     add_seed_option(p)
+    add_device_option(p)
     p.add_argument("--reproducible-noise", action="store_true",
                    help="derive the defense's noise from the seed instead of OS entropy")
     p.add_argument("--vectorize", choices=["auto", "on", "off"], default="auto",
@@ -98,11 +100,13 @@ def plot_accuracy(history, path: Path) -> None:
 def train(args) -> None:
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
+    from ..device import resolve_device
     from ..fl.simulator import prepare
     from ..fl.simulator import train as run_rounds
 
     config = config_from_args(args)
-    setup = prepare(config)  # every configuration error surfaces before --out is touched
+    device = resolve_device(args.device)  # a GPU this machine lacks: one line before --out is touched
+    setup = prepare(config, device)  # every configuration error surfaces before --out is touched
     # --out is held from here on (unwritable, busy or holding results: one line now, not after training)
     with claim_out(args.out, "train", RESULT_FILES, overwrite=args.overwrite):
         columns = (TextColumn("round"), MofNCompleteColumn(), BarColumn(), TextColumn("acc {task.fields[acc]}"),

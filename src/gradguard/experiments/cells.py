@@ -283,27 +283,35 @@ class AttackOutcome:
     index: list[int]
 
 
-def attack_cell(cell: AttackCell, data_root: Path | None) -> dict[str, Any]:
-    return run_attack(cell, data_root).record
+def attack_cell(cell: AttackCell, data_root: Path | None, device: torch.device | None = None) -> dict[str, Any]:
+    return run_attack(cell, data_root, device=device).record
 
 
-def run_attack(cell: AttackCell, data_root: Path | None, dataset=None, progress=None) -> AttackOutcome:
-    """Attack the cell's targets; ``progress(iteration, distances)`` follows a plain attack."""
+def run_attack(cell: AttackCell, data_root: Path | None, dataset=None, progress=None,
+               device: torch.device | None = None) -> AttackOutcome:
+    """Attack the cell's targets; ``progress(iteration, distances)`` follows a plain attack.
+
+    ``device`` (default the CPU) holds the model, the observed batches, the defense's and the
+    attack's generators and the attack's variables; the choice of targets, the floors and the
+    scores are computed on the CPU, so they are the same on every device."""
     dataset = dataset if dataset is not None else load_dataset(cell.dataset, data_root)
     seed = cell.seed
-    model = seeded_model(dataset, cell.model, seed, cell.normalised, **cell.model_options)
+    device = torch.device(device) if device is not None else torch.device("cpu")
+    model = seeded_model(dataset, cell.model, seed, cell.normalised, **cell.model_options).to(device)
     defense = Defense.from_config(cell.defense, **cell.defense_options)
     attack = Attack.from_config(cell.attack, **cell.attack_overrides) if cell.attack else None
     adaptive = adaptive_attack(cell.adaptive, **cell.adaptive_options) if cell.adaptive else None
     index = target_indices(len(dataset.x_train), cell.images, make_generator(seed, "targets"), cell.target_pool)
     truth, labels = dataset.x_train[index], dataset.y_train[index]
     batch = cell.batch_size
-    batches = [(truth[s:s + batch], labels[s:s + batch], s) for s in range(0, len(index), batch)]
-    with seeded_global_rng(seed, "client-forward"):  # dropout in train mode draws its masks from the global RNG
+    batches = [(truth[s:s + batch].to(device), labels[s:s + batch].to(device), s) for s in range(0, len(index), batch)]
+    # dropout in train mode draws its masks from the global RNG
+    with seeded_global_rng(seed, "client-forward", device=device):
         observations = [observe(defense, model, x, y, adaptive.rounds if adaptive else 1,
-                                lambda r, s=s: make_generator(seed, "defense", s, r)) for x, y, s in batches]
+                                lambda r, s=s: make_generator(seed, "defense", s, r, device=device))
+                        for x, y, s in batches]
     model = attacker_view(model)
-    generator = make_generator(seed, "attack")
+    generator = make_generator(seed, "attack", device=device)
     detection: list[dict[str, float]] = []
     images_out: list[Tensor] = []
     labels_out: list[Tensor] = []
@@ -315,7 +323,7 @@ def run_attack(cell: AttackCell, data_root: Path | None, dataset=None, progress=
         images_out, labels_out = [r.images.detach() for r in results], [r.labels.detach() for r in results]
     else:
         aux = aux_indices(len(dataset.x_train), index, cell.aux_images, make_generator(seed, "aux"))
-        public = (dataset.x_train[aux], dataset.y_train[aux])  # the attacker's own data, never a target
+        public = (dataset.x_train[aux].to(device), dataset.y_train[aux].to(device))  # the attacker's, never a target
         for observation, (_, y, _) in zip(observations, batches):
             prepared = adaptive.prepare(model, observation, defense, public)
             detection.append(prepared.detection)
@@ -333,7 +341,8 @@ def run_attack(cell: AttackCell, data_root: Path | None, dataset=None, progress=
                                        generator=generator)
             images_out.append(result.images.detach())
             labels_out.append(result.labels.detach())
-    images = torch.cat(images_out)
+    images = torch.cat(images_out).cpu()
+    labels_out = [predicted.cpu() for predicted in labels_out]
     scores = score_reconstruction(images, truth)
     each = {"psnr": torch.zeros(len(index)), "ssim": torch.zeros(len(index))}  # by target, after matching
     each["psnr"][scores.truth_index] = scores.psnr
@@ -355,23 +364,24 @@ def run_attack(cell: AttackCell, data_root: Path | None, dataset=None, progress=
     return AttackOutcome(record, truth, aligned, index)
 
 
-def train_cell(cell: TrainCell, data_root: Path | None) -> dict[str, Any]:
+def train_cell(cell: TrainCell, data_root: Path | None, device: torch.device | None = None) -> dict[str, Any]:
     from ..fl import SimulationConfig, simulate
 
     config = SimulationConfig(dataset=cell.dataset, model=cell.model, defense=cell.defense,
                               defense_options=cell.defense_options, seed=cell.seed, **cell.train.model_dump(),
                               data_root=data_root, reproducible_noise=True)
-    with seeded_global_rng(cell.seed, "train-forward"):  # dropout's masks come from the global RNG
-        history = simulate(config)
+    with seeded_global_rng(cell.seed, "train-forward", device=device):  # dropout's masks come from the global RNG
+        history = simulate(config, device=device)
     return {"summary": history.summary(),
             "curve": [[r.round, r.accuracy] for r in history.evaluated],
             "accuracy": history.final_accuracy, "art_s": history.art}
 
 
-def compute(cell: Cell, data_root: Path | None) -> dict[str, Any]:
-    """The result of an attack or training cell (searches are driven by the runner)."""
+def compute(cell: Cell, data_root: Path | None, device: torch.device | None = None) -> dict[str, Any]:
+    """The result of an attack or training cell on ``device`` (default the CPU; searches are
+    driven by the runner)."""
     if isinstance(cell, AttackCell):
-        return attack_cell(cell, data_root)
+        return attack_cell(cell, data_root, device)
     if isinstance(cell, TrainCell):
-        return train_cell(cell, data_root)
+        return train_cell(cell, data_root, device)
     raise TypeError(f"{type(cell).__name__} is not computed directly")

@@ -16,31 +16,40 @@ import os
 import threading
 import time
 from collections.abc import Callable, Generator
-from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
+from concurrent.futures import FIRST_COMPLETED, Executor, Future, ProcessPoolExecutor, wait
 from dataclasses import dataclass, field
 from multiprocessing import get_context
 from pathlib import Path
 from typing import Any, Self
 
+from ..device import device_kind, resolve_device
 from ..errors import ConfigError
 from .cells import AttackCell, Cell
+from .executors import RayExecutor, check_executor
 from .plan import Plan, Task
 from .search import SearchResult, bisection
 from .store import ResultStore
 from .tables import WorstCase, worst_case
 
 
-def _compute(cell: Cell, data_root: str | None, threads: int) -> tuple[dict[str, Any], float]:
-    """Compute one cell (in this process or a worker); returns the result and its wall time."""
+def _compute(cell: Cell, data_root: str | None, threads: int,
+             device: str = "cpu") -> tuple[dict[str, Any], float, str]:
+    """Compute one cell (in this process, a worker or a Ray task) on ``device``; returns the
+    result, its wall time and the device it ran on (``cuda`` resolves to the task's GPU)."""
     import torch
 
     from .cells import compute
 
     if threads:
         torch.set_num_threads(threads)
+    root = Path(data_root) if data_root else None
     start = time.perf_counter()
-    result = compute(cell, Path(data_root) if data_root else None)
-    return result, time.perf_counter() - start
+    if device == "cpu":
+        result = compute(cell, root)  # the CPU call as it was before devices existed
+    else:
+        resolved = resolve_device(device)
+        result, device = compute(cell, root, resolved), str(resolved)
+    return result, time.perf_counter() - start, device
 
 
 def _exit_with_parent(parent: int, poll_s: float = 1.0) -> None:
@@ -61,7 +70,13 @@ _PROBE, _TRAIN, _ATTACK = 0, 1, 2
 
 @dataclass
 class CellRunner:
-    """Computes cells through the store. ``jobs > 1`` runs them in that many worker processes.
+    """Computes cells through the store. ``jobs > 1`` runs them in that many worker processes;
+    ``executor="ray"`` runs them as tasks on a Ray cluster (:mod:`.executors`).
+
+    ``device`` is ``auto``, ``cpu``, ``cuda`` or ``cuda:N`` (None: the CPU); each stored cell
+    records the device it ran on, and a store holding cells of another kind of device (GPU
+    cells for a CPU run, or the reverse) is refused unless ``reuse_other_device``.
+    ``on_queue(running, queued)`` follows the cells in flight and waiting.
 
     ``on_start(cell)`` is called when a cell starts computing; ``on_done(label, cached)`` once
     per task and per search of a plan when it is finished. ``cached`` is True exactly for the
@@ -76,13 +91,35 @@ class CellRunner:
     on_start: Callable[[Cell], None] = lambda cell: None
     on_done: Callable[[str, bool], None] = lambda label, cached: None
     computed: list[str] = field(default_factory=list)
-    _pool: ProcessPoolExecutor | None = None
+    device: str | None = None
+    executor: str = "local"
+    ray_address: str | None = None
+    cpus_per_cell: float = 1.0
+    gpus_per_cell: float = 1.0
+    reuse_other_device: bool = False
+    on_queue: Callable[[int, int], None] = lambda running, queued: None
+    _pool: Executor | None = None
+    _device: str = "cpu"
+    _slots: int = 1
 
     def __post_init__(self) -> None:
         if self.jobs < 1:  # a pool of zero workers would silently become one
             raise ConfigError(f"runner: jobs={self.jobs}: at least one worker is needed")
+        check_executor(self.executor)
 
     def __enter__(self) -> Self:
+        if self.executor == "ray":
+            ray = RayExecutor(self.ray_address, self.device, self.cpus_per_cell, self.gpus_per_cell)
+            self._pool, self._device, self._slots = ray, ray.device, ray.slots
+            try:
+                self.check_devices()  # before any output of the run
+            except BaseException:
+                ray.shutdown(cancel_futures=True)
+                raise
+            return self
+        self._device = "cpu" if self.device is None else str(resolve_device(self.device))
+        self._slots = self.jobs
+        self.check_devices()
         if self.jobs > 1:
             self._pool = ProcessPoolExecutor(self.jobs, mp_context=get_context("spawn"),
                                              initializer=_exit_with_parent, initargs=(os.getpid(),))
@@ -91,6 +128,11 @@ class CellRunner:
     def __exit__(self, *exc) -> None:
         if self._pool is not None:
             self._pool.shutdown(cancel_futures=True)
+
+    @property
+    def computes_on(self) -> str:
+        """The device this run's cells compute on (``cpu``, ``cuda:0``; ``cuda`` for Ray GPU tasks)."""
+        return self._device
 
     def stored_strengths(self, plan: Plan) -> dict[str, dict[str, Any]]:
         """The strength of every search already finished in the store, and the fixed ones."""
@@ -119,10 +161,26 @@ class CellRunner:
     def run(self, plan: Plan) -> dict[str, Any]:
         """Compute every cell of ``plan`` that the store lacks; returns the resolved plan (each
         task's labels and the key of its cell, each search's strength) for the tables."""
+        self.check_devices()
         return _Run(self, plan).execute()
 
-    def _store(self, cell: Cell, result: dict[str, Any], seconds: float) -> None:
-        key = self.store.put(cell.kind, cell.config(), result, seconds)
+    def check_devices(self, local: bool = False) -> None:
+        """Refuse a store holding cells computed on another kind of device than this run's,
+        unless ``reuse_other_device``: GPU and CPU results of one cell differ in their last
+        digits, and the store keeps one result per cell. ``local=True`` checks before the runner
+        is entered, for a local run (a Ray run's device is known once the cluster answers)."""
+        if local and self.executor != "local":
+            return
+        device = (str(resolve_device(self.device)) if self.device is not None else "cpu") if local else self._device
+        other = {name: n for name, n in self.store.devices().items() if device_kind(name) != device_kind(device)}
+        if other and not self.reuse_other_device:
+            found = ", ".join(f"{n} on {name}" for name, n in other.items())
+            raise ConfigError(f"results store {self.store.path}: holds cells computed on another device ({found}) and "
+                              f"this run computes on {device}; pass --reuse-other-device to reuse them, or "
+                              f"choose another --out")
+
+    def _store(self, cell: Cell, result: dict[str, Any], seconds: float, device: str | None = None) -> None:
+        key = self.store.put(cell.kind, cell.config(), result, seconds, device or self._device)
         self.computed.append(key)
 
 
@@ -235,18 +293,22 @@ class _Run:
         for task in self.plan.tasks:
             if task.strength_from is None:
                 self.start_task(task)
-        slots = max(1, self.runner.jobs)
-        root = str(self.runner.data_root) if self.runner.data_root else None
-        threads = max(1, (os.cpu_count() or 1) // slots)
+        runner = self.runner
+        slots = max(1, runner._slots)
+        root = str(runner.data_root) if runner.data_root else None
+        threads = max(1, round(runner.cpus_per_cell)) if runner.executor == "ray" else \
+            max(1, (os.cpu_count() or 1) // slots)
         while self.queue or self.running:
             while self.queue and len(self.running) < slots:
                 _, _, key = heapq.heappop(self.queue)
                 cell = self.cells[key]
-                self.runner.on_start(cell)
-                if self.runner._pool is None:
-                    self._finish(key, *_compute(cell, root, 0))
+                runner.on_start(cell)
+                if runner._pool is None:
+                    runner.on_queue(1, len(self.queue))
+                    self._finish(key, *_compute(cell, root, 0, runner._device))
                 else:
-                    self.running[self.runner._pool.submit(_compute, cell, root, threads)] = key
+                    self.running[runner._pool.submit(_compute, cell, root, threads, runner._device)] = key
+            runner.on_queue(len(self.running), len(self.queue))
             if self.running:
                 finished, _ = wait(list(self.running), return_when=FIRST_COMPLETED)
                 for future in finished:
@@ -257,8 +319,8 @@ class _Run:
         self.resolved.sort(key=lambda e: order[e["id"]])
         return {"tasks": self.resolved, "strengths": self.strengths}
 
-    def _finish(self, key: str, result: dict[str, Any], seconds: float) -> None:
-        self.runner._store(self.cells.pop(key), result, seconds)
+    def _finish(self, key: str, result: dict[str, Any], seconds: float, device: str | None = None) -> None:
+        self.runner._store(self.cells.pop(key), result, seconds, device)
         for then in self.waiting.pop(key):
             then(result)
 

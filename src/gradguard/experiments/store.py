@@ -10,6 +10,11 @@ The store records the cell format's version (``experiments.cells.STORE_VERSION``
 created; a store written under another version is refused with a message saying what to do,
 since its keys mean something else.
 
+Each row also records the device that computed it (``cpu``, ``cuda:0``; column ``device``,
+added in place to stores written before devices existed, whose cells were all computed on the
+CPU). The device is metadata, not part of the key: a CPU cell keeps its key, and the runner
+decides whether a cell computed on another device may stand for this run's (docs/scale.md).
+
 A damaged file (a disk or copy error anywhere in it) is found when the store opens (SQLite's
 ``quick_check``) or when a row fails to decode, and is refused with :class:`DamagedStoreError`:
 its message says how many cells can still be read, row by row, and that :func:`recover` keeps
@@ -69,6 +74,7 @@ class StoredCell:
     config: dict[str, Any]
     result: dict[str, Any]
     seconds: float
+    device: str = "cpu"
 
 
 class ResultStore:
@@ -87,6 +93,7 @@ class ResultStore:
             self._db.executescript(SCHEMA)
             if existed:
                 self._check_integrity()
+            self._add_device_column()
         except sqlite3.DatabaseError as exc:
             if _is_damage(exc):
                 self._close_quietly()
@@ -103,6 +110,13 @@ class ResultStore:
         if problems != ["ok"]:
             self._close_quietly()
             raise DamagedStoreError(self.path, "; ".join(problems[:2]))
+
+    def _add_device_column(self) -> None:
+        """The ``device`` column, added to a store from before devices were recorded (its cells
+        were computed on the CPU, the only device then)."""
+        columns = [row[1] for row in self._db.execute("PRAGMA table_info(cells)").fetchall()]
+        if "device" not in columns:
+            self._db.execute("ALTER TABLE cells ADD COLUMN device TEXT NOT NULL DEFAULT 'cpu'")
 
     def _close_quietly(self) -> None:
         try:
@@ -135,34 +149,40 @@ class ResultStore:
                     raise DamagedStoreError(self.path, str(exc)) from None
                 raise
 
-
     def get(self, key: str) -> StoredCell | None:
-        rows = self._query("SELECT key, kind, config, result, seconds FROM cells WHERE key = ?", (key,))
+        rows = self._query("SELECT key, kind, config, result, seconds, device FROM cells WHERE key = ?", (key,))
         return self._cell(rows[0]) if rows else None
 
     def __contains__(self, key: str) -> bool:
         return bool(self._query("SELECT 1 FROM cells WHERE key = ?", (key,)))
 
-    def put(self, kind: str, config: dict[str, Any], result: dict[str, Any], seconds: float) -> str:
-        """Store a finished cell; storing the same key twice is an error, never an overwrite."""
+    def put(self, kind: str, config: dict[str, Any], result: dict[str, Any], seconds: float,
+            device: str = "cpu") -> str:
+        """Store a finished cell computed on ``device``; storing the same key twice is an error,
+        never an overwrite."""
         key = cell_key(kind, config)
         try:
-            self._query("INSERT INTO cells (key, kind, config, result, seconds, finished_at) VALUES (?, ?, ?, ?, ?, ?)",
+            self._query("INSERT INTO cells (key, kind, config, result, seconds, finished_at, device) "
+                        "VALUES (?, ?, ?, ?, ?, ?, ?)",
                         (key, kind, json.dumps(config, sort_keys=True, default=str), json.dumps(result), seconds,
-                         time.time()))
+                         time.time(), device))
         except sqlite3.IntegrityError:
             raise GradguardError(f"results store: cell {key} ({kind}) is already stored; refusing to overwrite") \
                 from None
         return key
 
     def cells(self, kind: str | None = None) -> list[StoredCell]:
-        query = "SELECT key, kind, config, result, seconds FROM cells"
+        query = "SELECT key, kind, config, result, seconds, device FROM cells"
         rows = self._query(query + " WHERE kind = ? ORDER BY rowid", (kind,)) if kind else \
             self._query(query + " ORDER BY rowid")
         return [self._cell(row) for row in rows]
 
     def count(self) -> int:
         return self._query("SELECT COUNT(*) FROM cells")[0][0]
+
+    def devices(self) -> dict[str, int]:
+        """How many stored cells each device computed (``{"cpu": 40, "cuda:0": 12}``)."""
+        return dict(self._query("SELECT device, COUNT(*) FROM cells GROUP BY device ORDER BY device"))
 
     def set_meta(self, name: str, value: Any) -> None:
         self._query("INSERT OR REPLACE INTO meta (name, value) VALUES (?, ?)", (name, json.dumps(value, default=str)))
@@ -181,9 +201,9 @@ class ResultStore:
         self._db.close()
 
     def _cell(self, row) -> StoredCell:
-        key, kind, config, result, seconds = row
+        key, kind, config, result, seconds, device = row
         try:
-            return StoredCell(key, kind, json.loads(config), json.loads(result), seconds)
+            return StoredCell(key, kind, json.loads(config), json.loads(result), seconds, device)
         except json.JSONDecodeError as exc:
             raise DamagedStoreError(self.path, f"cell {key} does not decode: {exc}") from None
 

@@ -43,10 +43,11 @@ def build_global_model(config: SimulationConfig, dataset: ImageDataset) -> nn.Mo
         return model_for(dataset, config.model, **(config.model_options or {}))
 
 
-def noise_generator(config: SimulationConfig, client: int, round: int) -> torch.Generator:
-    """The defense's generator for one (client, round): from OS entropy unless
+def noise_generator(config: SimulationConfig, client: int, round: int,
+                    device: torch.device | None = None) -> torch.Generator:
+    """The defense's generator for one (client, round), on ``device``: from OS entropy unless
     ``reproducible_noise`` asks for one derived from the seed."""
-    return make_generator(config.seed if config.reproducible_noise else None, "noise", client, round)
+    return make_generator(config.seed if config.reproducible_noise else None, "noise", client, round, device=device)
 
 
 @torch.no_grad()
@@ -72,21 +73,26 @@ class Setup:
     compensator: Compensator | None
     parts: list[Tensor]
     trainer: LocalTrainer
+    device: torch.device = torch.device("cpu")
 
 
-def prepare(config: SimulationConfig) -> Setup:
+def prepare(config: SimulationConfig, device: torch.device | str | None = None) -> Setup:
     """Load the data, build the model, the defense and the partition: every configuration error
-    surfaces here, before any training."""
+    surfaces here, before any training. ``device`` (default the CPU) holds the model, the
+    training and test images and the defense's generators; the partition, the client sampling
+    and the local batches are drawn on the CPU, so every device trains on the same batches."""
+    device = torch.device(device) if device is not None else torch.device("cpu")
     dataset = load_dataset(config.dataset, config.data_root, download=config.download)
-    model = build_global_model(config, dataset)
+    model = build_global_model(config, dataset).to(device)
     defense = Defense.from_config(config.defense, **config.defense_options)
     parts = partition_clients(config, dataset.y_train)
-    trainer = make_trainer(model, defense, config.algorithm, config.lr, dataset.x_train, dataset.y_train,
-                           config.vectorized)
-    return Setup(config, dataset, model, defense, defense.compensator(), parts, trainer)
+    trainer = make_trainer(model, defense, config.algorithm, config.lr, dataset.x_train.to(device),
+                           dataset.y_train.to(device), config.vectorized)
+    return Setup(config, dataset, model, defense, defense.compensator(), parts, trainer, device)
 
 
-def client_jobs(config: SimulationConfig, parts: list[Tensor], clients: list[int], round: int) -> list[ClientJob]:
+def client_jobs(config: SimulationConfig, parts: list[Tensor], clients: list[int], round: int,
+                device: torch.device | None = None) -> list[ClientJob]:
     """The local batches and generators of this round's clients (per (client, round) generators,
     so the schedule does not depend on which trainer runs it or in what order)."""
     jobs = []
@@ -98,7 +104,7 @@ def client_jobs(config: SimulationConfig, parts: list[Tensor], clients: list[int
             batches = local_batches(parts[c], config.batch_size, config.local_steps, gen)
         else:
             batches = epoch_batches(parts[c], config.batch_size, config.local_epochs, gen)
-        jobs.append(ClientJob(c, round, batches, noise_generator(config, c, round), parts[c]))
+        jobs.append(ClientJob(c, round, batches, noise_generator(config, c, round, device), parts[c]))
     return jobs
 
 
@@ -116,7 +122,7 @@ def noise_scale(config: SimulationConfig, jobs: list[ClientJob], weights: Tensor
     """
     if config.algorithm == "fedsgd":
         return 1.0
-    steps = torch.tensor([float(len(j.batches)) for j in jobs], dtype=weights.dtype)
+    steps = torch.tensor([float(len(j.batches)) for j in jobs], dtype=weights.dtype, device=weights.device)
     w2 = weights.square()
     return config.lr * math.sqrt(float((w2 * steps).sum() / w2.sum()))
 
@@ -125,7 +131,7 @@ def server_step(setup: Setup, state: dict[str, Tensor], jobs: list[ClientJob],
                 results: list[tuple[Gradient, dict[str, Tensor]]]) -> dict[str, Tensor]:
     """Average the updates with sample-count weights, compensate, and update the global state."""
     config = setup.config
-    weights = torch.tensor([float(j.num_samples) for j in jobs])
+    weights = torch.tensor([float(j.num_samples) for j in jobs], device=setup.device)
     weights = weights / weights.sum()
     names = param_names(setup.model)
     aggregate = [weighted_average([u[k] for u, _ in results], weights) for k in range(len(names))]
@@ -140,13 +146,15 @@ def server_step(setup: Setup, state: dict[str, Tensor], jobs: list[ClientJob],
     return new_state
 
 
-def simulate(config: SimulationConfig, *, on_round: Callable[[RoundRecord], None] | None = None) -> History:
+def simulate(config: SimulationConfig, *, on_round: Callable[[RoundRecord], None] | None = None,
+             device: torch.device | str | None = None) -> History:
     """Train ``config.model`` on ``config.dataset`` with ``config.defense`` by federated learning
     and record the test accuracy and the wall time of every round.
 
-    ``on_round`` is called after each round with its record (e.g. for a progress bar).
+    ``on_round`` is called after each round with its record (e.g. for a progress bar);
+    ``device`` is where the model trains (default the CPU, see :func:`prepare`).
     """
-    return train(prepare(config), on_round=on_round)
+    return train(prepare(config, device), on_round=on_round)
 
 
 def train(setup: Setup, *, on_round: Callable[[RoundRecord], None] | None = None) -> History:
@@ -158,14 +166,14 @@ def train(setup: Setup, *, on_round: Callable[[RoundRecord], None] | None = None
     for r in range(config.rounds):
         clock = Stopwatch()
         chosen = torch.randperm(config.clients, generator=sampler)[: config.clients_per_round].sort().values
-        jobs = client_jobs(config, setup.parts, chosen.tolist(), r)
+        jobs = client_jobs(config, setup.parts, chosen.tolist(), r, setup.device)
         results = setup.trainer.run(state, jobs, clock)
         with clock.phase("server"):
             state = server_step(setup, state, jobs, results)
         accuracy = loss = None
         if (r + 1) % config.eval_every == 0 or r + 1 == config.rounds:
             model.load_state_dict(state)
-            accuracy, loss = evaluate(model, data.x_test, data.y_test)
+            accuracy, loss = evaluate(model, data.x_test.to(setup.device), data.y_test.to(setup.device))
         record = RoundRecord(r + 1, clock.seconds["client"], clock.seconds["defense"], clock.seconds["server"],
                              accuracy, loss)
         history.rounds.append(record)
