@@ -204,8 +204,6 @@ class GradDefense(Defense):
         padding = state.layout.padding if state is not None else 0
         # a new tensor (the input is never written), padded for the row view of equal slices
         flat = flatten([*grads, self._zeros(padding)]) if padding else flatten(grads)
-        if c.clip is None or c.clip_per_sample:  # otherwise the slice norms of the clipping say it
-            self._check_finite(float(flat.sum()), grads)
         generator = self._memoized(flat, context) if c.memoize else generator_for(context)
         if state is None:
             state = self._state(grads, context, generator)
@@ -215,19 +213,20 @@ class GradDefense(Defense):
         if count < layout.count:
             chosen = torch.zeros(layout.count, dtype=torch.bool)
             chosen[choose(count, layout.count, generator)] = True
-        factor = self._clip(flat, layout, chosen, context, grads) if c.clip is not None else None
         stds = self._stds(state, chosen)
         if isinstance(stds, float):
             noise = normal(flat.numel(), generator, flat, std=stds)  # one draw for the whole gradient
         else:
             noise = layout.scale_(normal(flat.numel(), generator, flat), stds)
-        if factor is None:
-            out = noise.add_(flat)
-        elif layout.stride is not None and flat.numel() == layout.size + layout.padding:
-            out = noise
-            layout.rows(out).addcmul_(layout.rows(flat), factor.unsqueeze(-1))
+        if c.clip is not None and chosen is None and not c.clip_per_sample and flat.numel() == layout.padded:
+            # the default: every slice (a row of the padded flat gradient) scaled to norm <= C in one operation
+            out = noise.add_(layout.rows(flat).renorm_(2, 0, c.clip).view(-1))
         else:
-            out = noise.add_(layout.scale_(flat, factor))
+            factor = self._clip(flat, layout, chosen, context) if c.clip is not None else None
+            out = noise.add_(flat if factor is None else layout.scale_(flat, factor))
+        # one reduction of the result: NaN or inf in the gradient leaves NaN or inf here (a clipped
+        # inf becomes NaN); only then the exact per-tensor check, which raises
+        self._check_finite(float(out.sum()), grads)
         out = out[:size] if padding else out
         if not secret:
             return out, None
@@ -235,8 +234,9 @@ class GradDefense(Defense):
         return out, mask
 
     def _check_finite(self, total: float, grads) -> None:
-        """One reduction of the gradient is finite unless an element is NaN or inf (or the sum
-        overflows): only then the exact per-tensor check, which raises for NaN and inf."""
+        """A sum over the gradient (or the defended one) is finite unless an element is NaN or
+        inf (or the sum overflows): only then the exact per-tensor check, which raises for NaN
+        and inf."""
         if not math.isfinite(total):
             check_finite(grads, self.name)
 
@@ -377,8 +377,7 @@ class GradDefense(Defense):
         probe: Literal["ones", "hutchinson"] = "ones" if c.sensitivity == "ones" else "hutchinson"
         return tensor_risks(context.model, x, y, probe=probe, probes=c.probes, generator=generator)
 
-    def _clip(self, flat: Tensor, layout: SliceLayout, chosen: Tensor | None, context: DefenseContext,
-              grads) -> Tensor | None:
+    def _clip(self, flat: Tensor, layout: SliceLayout, chosen: Tensor | None, context: DefenseContext) -> Tensor | None:
         """The factor (per slice) that scales each chosen slice of ``flat`` to L2 norm at most C
         (1 for the slices left clean), or None after clip_per_sample has replaced each chosen
         slice of ``flat`` (our own copy) by the mean of the per-sample parts clipped to norm C
@@ -389,7 +388,6 @@ class GradDefense(Defense):
             # S numbers: reading them once and computing min(1, C / norm) in Python costs less
             # than three tensor operations on a cold cache
             norms = layout.norms(flat).tolist()
-            self._check_finite(math.fsum(norms), grads)
             picked = [True] * len(norms) if chosen is None else chosen.tolist()
             return torch.tensor([clip / max(n, clip) if p else 1.0 for n, p in zip(norms, picked)],  # zero norm: 1
                                 dtype=flat.dtype)

@@ -89,6 +89,7 @@ class SliceLayout:
         regular = bool((self.lengths[:-1] == stride).all()) and int(self.lengths[-1]) <= stride
         self.stride = stride if regular else None
         self.padding = self.count * stride - self.size if regular else 0
+        self.padded = self.size + self.padding if regular else -1  # the length rows() takes; -1: none
 
     def pad(self, values: Tensor) -> Tensor:
         """``values`` (..., P) with the padding the row view needs (a no-op without)."""
