@@ -58,6 +58,15 @@ def test_detect_mute_finds_loud_noise_and_falls_to_chance_when_slices_look_alike
     assert abs(_detection(setup, sigma=1e-9, draws=12) - 0.5) < 0.2
 
 
+def test_detect_mute_is_a_function_of_its_inputs_even_with_a_random_slice_estimate(setup):
+    """The public risk estimate (Hutchinson probes) is the attacker's own computation: seeded."""
+    model, x, y, public = setup
+    defense = Defense.from_config("graddefense-paper")  # hutchinson: random probes
+    observation = _observe(defense, model, x, y)
+    first, second = (adaptive_attack("detect-mute").prepare(model, observation, defense, public) for _ in range(2))
+    assert torch.equal(first.mute_mask, second.mute_mask)
+
+
 def test_multi_round_beats_one_round_against_fresh_noise(setup):
     model, x, y, public = setup
     defense = Defense.from_config("dp-gaussian", sigma=0.03)

@@ -41,6 +41,7 @@ from torch import Tensor, nn
 
 from ..errors import ConfigError
 from ..grads import Gradient, flatten, param_names, unflatten
+from ..rng import make_generator
 
 if TYPE_CHECKING:
     from ..defenses.base import Defense
@@ -156,7 +157,9 @@ class DetectMute(AdaptiveAttack):
         if not defense.sliced or noise is None:
             raise ConfigError(f"{self.name}: needs a defense that puts noise on slices; got {defense!r}")
         gradient = observation.gradients[0]
-        bounds = defense.public_slices(gradient, model, public_data)
+        # the attacker's own probes for the public risk estimate: seeded, so the attack is a
+        # function of its inputs (OS entropy made two runs of one cell differ by ~1e-3 dB)
+        bounds = defense.public_slices(gradient, model, public_data, make_generator(0, "detect-mute", "slices"))
         flat = flatten(gradient)
         sizes = (bounds[1:] - bounds[:-1]).tolist()
         energy = torch.stack([part.square().mean() for part in flat.split(sizes)])

@@ -180,9 +180,11 @@ class Defense(ABC):
         pattern (an attacker may leave them out), or None."""
         return None
 
-    def public_slices(self, grads: Sequence[Tensor], model: nn.Module, data: tuple[Tensor, Tensor]) -> Tensor:
+    def public_slices(self, grads: Sequence[Tensor], model: nn.Module, data: tuple[Tensor, Tensor],
+                      generator: torch.Generator | None = None) -> Tensor:
         """The slice bounds this defense's public code gives for ``model`` and the attacker's own
-        ``data`` (only when :attr:`sliced`)."""
+        ``data`` (only when :attr:`sliced`); ``generator`` drives any random probes of the
+        estimate (the attacker's own, so seeded: OS entropy otherwise)."""
         raise ConfigError(f"defense {self.name!r} does not slice the gradient")
 
     @classmethod

@@ -265,12 +265,13 @@ class GradDefense(Defense):
         variance: Literal["correct", "original"] = "original" if c.compensation == "mp-original" else "correct"
         return MarchenkoPastur(c.noise_std, fraction, variance, ratio=c.mp_ratio)
 
-    def public_slices(self, grads, model, data: tuple[Tensor, Tensor]) -> Tensor:
+    def public_slices(self, grads, model, data: tuple[Tensor, Tensor], generator=None) -> Tensor:
         """The S + 1 slice bounds this defense's public code gives for ``model`` and ``data``.
 
         A client slices with its own root set; an adaptive attacker calls this with data of its
-        own to estimate the client's slices (the code and configuration are public)."""
-        context = DefenseContext(model=model, local_data=data)
+        own to estimate the client's slices (the code and configuration are public), and with a
+        generator of its own for the risk estimate's probes, so that its attack is reproducible."""
+        context = DefenseContext(model=model, local_data=data, generator=generator)
         return self._slice(grads, context, generator_for(context))[0]
 
     def chosen_count(self, slice_count: int) -> int:
