@@ -75,6 +75,12 @@ class CompactHistory:
         self.gamma = torch.where(accept, s_dot_y[self._rows, slot] / newest.clamp_min(1e-30), self.gamma)
         self.count += 1
 
+    def reset(self, rows: Tensor) -> None:
+        """Forget the history of the targets in ``rows`` (their next direction is -g)."""
+        for name in ("s", "y", "sy", "yy", "count"):
+            getattr(self, name)[rows] = 0
+        self.gamma[rows] = 1.0
+
     def select(self, rows: Tensor) -> None:
         """Keep only the targets in ``rows`` (the others have stopped)."""
         for name in ("s", "y", "sy", "yy", "count", "gamma"):
@@ -127,8 +133,9 @@ def batched_lbfgs(evaluate: Evaluate, z: Tensor, *, lr: float, iterations: int, 
     by the Armijo margin 1e-4 t g.d (a nonmonotone line search: L-BFGS keeps its unit steps,
     which may raise the loss for a while, but a step that throws the iterate into a saturated
     region, where fixed-step L-BFGS diverges, is never taken); only the targets still searching
-    are evaluated again, and a target that finds no such step in 10 halvings stops. Since the
-    loss may rise, each target's best iterate is kept and returned."""
+    are evaluated again. A target that finds no such step in 10 halvings forgets its history and
+    tries the steepest descent (with the first step's size); stuck even then, it stops. Since
+    the loss may rise, each target's best iterate is kept and returned."""
     final, alive = z.clone(), torch.arange(z.shape[0], device=z.device)
     loss, g = evaluate(z, None)
     latest = loss.clone()
@@ -138,17 +145,18 @@ def batched_lbfgs(evaluate: Evaluate, z: Tensor, *, lr: float, iterations: int, 
     memory = CompactHistory(z.shape[0], z.shape[1], history, z.dtype, z.device)
     direction = -g
     step = (1.0 / g.abs().sum(1)).clamp(max=1.0) * lr
+    fresh = torch.ones_like(loss, dtype=torch.bool)  # history just (re)started: the first step's size
     for update in range(iterations * max_iter):
         if update:
             direction = -memory.inverse_hessian_times(g)
-            step = torch.full_like(step, lr)
+            step = torch.where(fresh, (1.0 / g.abs().sum(1)).clamp(max=1.0) * lr, torch.full_like(step, lr))
         slope = (g * direction).sum(1)
         active = active & (slope <= -TOLERANCE_CHANGE)
         if not bool(active.all()):
             final[alive[~active]] = (best if line_search else z)[~active]
             keep = active.nonzero().squeeze(1)
             alive, z, g, loss, direction, step = alive[keep], z[keep], g[keep], loss[keep], direction[keep], step[keep]
-            slope, active, window = slope[keep], active[keep], window[keep]
+            slope, active, window, fresh = slope[keep], active[keep], window[keep], fresh[keep]
             best, best_loss = best[keep], best_loss[keep]
             memory.select(keep)
             if not len(alive):
@@ -158,7 +166,6 @@ def batched_lbfgs(evaluate: Evaluate, z: Tensor, *, lr: float, iterations: int, 
             reference = window.amax(1)
             move, loss, g, found = _backtrack(evaluate, z, loss, g, reference, direction, step, slope, alive,
                                               len(final))
-            active = found
             window = torch.cat([window[:, 1:], loss[:, None]], 1)
         else:
             move = direction * step[:, None]
@@ -170,8 +177,18 @@ def batched_lbfgs(evaluate: Evaluate, z: Tensor, *, lr: float, iterations: int, 
         latest[alive] = loss
         y = g - g_previous
         memory.push(move, y, (y * move).sum(1) > CURVATURE_EPS)
-        active = active & ((g.abs().amax(1) > TOLERANCE_GRAD) & (move.abs().amax(1) > TOLERANCE_CHANGE)
-                           & ((loss - loss_previous).abs() >= TOLERANCE_CHANGE))
+        moved = (move.abs().amax(1) > TOLERANCE_CHANGE) & ((loss - loss_previous).abs() >= TOLERANCE_CHANGE)
+        if line_search:
+            # no acceptable step, or no progress, along the quasi-Newton direction: forget the
+            # history and try the steepest descent once more; a target stuck even then stops
+            stalled = ~(found & moved)
+            active = active & ~(stalled & fresh)
+            fresh = stalled & ~fresh
+            if bool(fresh.any()):
+                memory.reset(fresh.nonzero().squeeze(1))
+        else:
+            active, fresh = active & moved, torch.zeros_like(fresh)
+        active = active & (g.abs().amax(1) > TOLERANCE_GRAD)
         if on_iteration is not None and (update + 1) % max_iter == 0:
             on_iteration((update + 1) // max_iter, latest)
     final[alive] = best if line_search else z
