@@ -197,7 +197,7 @@ def _whole_slices(changed: torch.Tensor, bounds: torch.Tensor) -> int:
 
 
 def test_mod_with_graddefense_changes_exactly_k_whole_slices():
-    from gradguard.defenses.slicing import risk_balanced_bounds
+    from gradguard.defenses.slicing import equal_bounds
 
     global_, local = _state(0), _state(1)
     settings = DefenseSettings(defense="graddefense", scale=0.5,
@@ -206,8 +206,8 @@ def test_mod_with_graddefense_changes_exactly_k_whole_slices():
         reply = _arrays(DefenseMod()(_train_message(global_, **settings.to_config()),
                                      _context({"gradguard.seed": seed}), _replying(local)))
         changed = torch.cat([(reply[n] != local[n]).flatten() for n in ("w", "b")])
-        sizes = torch.tensor([20, 5])  # uniform risk: slices of (nearly) equal size over w, b
-        assert _whole_slices(changed, risk_balanced_bounds(sizes.double(), sizes, 6)) == 2
+        # uniform sensitivity: equal-size slices over w and b (20 + 5 elements), as the defense cuts them
+        assert _whole_slices(changed, equal_bounds(20 + 5, 6)) == 2
 
 
 def test_mod_with_graddefense_uses_the_model_and_the_local_data():
@@ -342,7 +342,7 @@ def test_simulation_finishes_and_improves_held_out_accuracy(simulation):
 
 
 def test_simulation_defended_updates_differ_only_in_the_chosen_slices(simulation):
-    from gradguard.defenses.slicing import risk_balanced_bounds
+    from gradguard.defenses.slicing import equal_bounds
 
     _, record, _ = simulation
     model = task.build_model()
