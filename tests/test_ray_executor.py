@@ -17,7 +17,6 @@ import pytest
 
 from gradguard.cli import run
 from gradguard.errors import ConfigError
-from gradguard.experiments.cells import CELL_TYPES, compute
 from gradguard.experiments.plan import build_plan
 from gradguard.experiments.profiles import PROFILES
 from gradguard.experiments.reproduce import reproduce
@@ -30,6 +29,20 @@ pytestmark = [pytest.mark.ray, pytest.mark.slow]
 
 SMALL = PROFILES["tiny"].model_copy(update={"name": "small", "attacks": ["dlg"], "adaptive": [],
                                             "defenses": ["none", "dp-gaussian"], "searches": []})
+
+
+@pytest.fixture(scope="module", autouse=True)
+def only_gradguards_own_defenses():
+    """Ray's workers import gradguard alone, so a defense another test module registered in this
+    process (tests/flower_helpers.py's test-mask, registered when pytest collects it) does not
+    exist there; the tiny profile runs every registered defense, so this module sets them aside."""
+    from gradguard.defenses import DEFENSES
+
+    foreign = {name: cls for name, cls in DEFENSES.items() if not cls.__module__.startswith("gradguard.")}
+    for name in foreign:
+        del DEFENSES[name]
+    yield
+    DEFENSES.update(foreign)
 
 
 @pytest.fixture(scope="module")
@@ -77,16 +90,7 @@ def test_ray_reproduce_fills_the_same_cells_with_the_same_results(ray_instance, 
     assert set(remote) == set(local), "the same cell keys"
     assert all(device == "cpu" for _, _, device in remote.values())
     differ = [key for key, (kind, result, _) in local.items() if _without_time(remote[key][1]) != _without_time(result)]
-    assert len(differ) < len(local) // 10, f"{len(differ)} of {len(local)} cells differ"
-    # A cell that differs must differ between two computations in this process too: it is not a pure
-    # function of its configuration (detect-mute's public slice estimate against graddefense-paper draws
-    # its Hutchinson probes from OS entropy), and Ray has nothing to do with it.
-    store = ResultStore(local_tiny)
-    for key in differ:
-        stored = store.get(key)
-        assert stored is not None and stored.kind == "attack"
-        again = compute(CELL_TYPES[stored.kind](**stored.config), None)
-        assert _without_time(json.dumps(again)) != _without_time(local[key][1]), f"cell {key} differs only on Ray"
+    assert not differ, f"{len(differ)} of {len(local)} cells differ between the local and the Ray executor"
 
 
 def test_an_interrupted_ray_run_recomputes_nothing_stored(ray_instance, tmp_path):
