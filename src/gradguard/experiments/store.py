@@ -196,7 +196,6 @@ class ResultStore:
         except json.JSONDecodeError as exc:
             raise DamagedStoreError(self.path, f"meta {name!r} does not decode: {exc}") from None
 
-
     def close(self) -> None:
         self._db.close()
 
@@ -351,4 +350,3 @@ def recover(folder: str | Path) -> Recovery | None:
     finally:
         fresh.close()
     return Recovery(len(readable), len(unreadable), aside)
-
