@@ -67,16 +67,7 @@ def _arrays(msg: Message) -> dict[str, torch.Tensor]:
     return msg.content["arrays"].to_torch_state_dict()
 
 
-@pytest.fixture(autouse=True)
-def _task_identity():
-    """Messages built outside a running app need the identity a ServerApp process would set.
-    (Test-only use of a Flower internal; the library itself only builds replies.)"""
-    from flwr.supercore.task_identity import TaskIdentity
-
-    saved = (TaskIdentity._run_id, TaskIdentity._node_id, TaskIdentity._task_id)
-    TaskIdentity.run_id, TaskIdentity.node_id, TaskIdentity.task_id = 1, 0, 1
-    yield
-    TaskIdentity._run_id, TaskIdentity._node_id, TaskIdentity._task_id = saved
+pytestmark = pytest.mark.usefixtures("flower_task_identity")  # messages built outside a running app
 
 
 class _Grid:

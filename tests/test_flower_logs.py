@@ -21,17 +21,7 @@ from gradguard.flower import DefendedStrategy, DefenseSettings  # noqa: E402
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "examples" / "flower"))
 from gradguard_mnist import server_app, task  # noqa: E402
 
-
-@pytest.fixture(autouse=True)
-def _task_identity():
-    """Messages built outside a running app need the identity a ServerApp process would set
-    (test-only use of a Flower internal, as in tests/test_flower.py)."""
-    from flwr.supercore.task_identity import TaskIdentity
-
-    saved = (TaskIdentity._run_id, TaskIdentity._node_id, TaskIdentity._task_id)
-    TaskIdentity.run_id, TaskIdentity.node_id, TaskIdentity.task_id = 1, 0, 1
-    yield
-    TaskIdentity._run_id, TaskIdentity._node_id, TaskIdentity._task_id = saved
+pytestmark = pytest.mark.usefixtures("flower_task_identity")  # messages built outside a running app
 
 
 class _Grid:

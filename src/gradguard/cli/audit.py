@@ -3,21 +3,10 @@ setting stops it at what accuracy cost? A thin layer over :func:`gradguard.audit
 
 from __future__ import annotations
 
-import argparse
 import time
 
 from .app import command
-from .options import ensure_out_dir
-
-
-def _positive(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
-    return value
+from .options import ensure_out_dir, positive_int
 
 
 def configure(p) -> None:
@@ -38,8 +27,8 @@ def configure(p) -> None:
     p.add_argument("--normalize", choices=["model", "data"], default="model",
                    help="model: the model normalises its input itself; data: put a layer with the data's "
                         "per-channel mean and std in front of it")
-    p.add_argument("--images", type=_positive, default=4, help="training images attacked at batch size 1")
-    p.add_argument("--batch-size", type=_positive, default=4,
+    p.add_argument("--images", type=positive_int, default=4, help="training images attacked at batch size 1")
+    p.add_argument("--batch-size", type=positive_int, default=4,
                    help="your clients' batch size: attacked besides batch size 1, and used for the training run")
     p.add_argument("--defenses", default=",".join(DEFAULT_DEFENSES),
                    help="comma-separated defenses to audit (see `gradguard defenses`)")

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import argparse
 import os
 import time
 from pathlib import Path
@@ -18,7 +17,7 @@ from rich.progress import (
 )
 
 from .app import command
-from .options import add_data_root
+from .options import add_data_root, positive_int
 from .scale import add_executor_options, runner_options
 
 console = Console(stderr=True)
@@ -29,18 +28,8 @@ def _add_run_options(p, default_out: str) -> None:
                    help="run folder (results store, report); a rerun resumes from its store, and a second run "
                         "on the same folder is refused while the first one writes there")
     add_data_root(p)
-    p.add_argument("--jobs", type=_jobs, default=1, help="worker processes for independent cells (>= 1)")
+    p.add_argument("--jobs", type=positive_int, default=1, help="worker processes for independent cells (>= 1)")
     add_executor_options(p)
-
-
-def _jobs(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
-    return value
 
 
 def _progress() -> Progress:

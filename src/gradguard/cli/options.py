@@ -10,6 +10,17 @@ from contextlib import contextmanager
 from pathlib import Path
 
 
+def positive_int(text: str) -> int:
+    """An argparse type: a whole number of at least 1 (worker counts, image counts)."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
 def add_data_options(p: argparse.ArgumentParser, default: str = "mnist-sample") -> None:
     p.add_argument("--dataset", default=default, help="dataset name (see `gradguard datasets`), npz:PATH or "
                                                       "folder:PATH (an ImageFolder: PATH/<class>/<image>)")
