@@ -132,16 +132,18 @@ def load_npz(path: str | Path, *, name: str | None = None, num_classes: int | No
     rewrite = ("write it again with numpy.savez(path, x_train=..., y_train=..., x_test=..., y_test=...) "
                "or copy it again from its source")
     try:
+        # our own handle, closed however np.load fails (numpy leaves its own open on a damaged zip)
         with open(path, "rb") as handle:
-            magic = handle.read(6)
-        if magic == b"\x93NUMPY":
-            raise DatasetFormatError(f"{path}: a single .npy array, not an .npz archive of {list(NPZ_KEYS)}; "
-                                     f"{rewrite}")
-        with np.load(path, allow_pickle=False) as archive:
-            missing = [k for k in NPZ_KEYS if k not in archive.files]
-            if missing:
-                raise DatasetFormatError(f"{path}: missing arrays {missing}; an interchange npz holds {list(NPZ_KEYS)}")
-            arrays = {k: archive[k] for k in NPZ_KEYS}
+            if handle.read(6) == b"\x93NUMPY":
+                raise DatasetFormatError(f"{path}: a single .npy array, not an .npz archive of {list(NPZ_KEYS)}; "
+                                         f"{rewrite}")
+            handle.seek(0)
+            with np.load(handle, allow_pickle=False) as archive:
+                missing = [k for k in NPZ_KEYS if k not in archive.files]
+                if missing:
+                    raise DatasetFormatError(f"{path}: missing arrays {missing}; an interchange npz holds "
+                                             f"{list(NPZ_KEYS)}")
+                arrays = {k: archive[k] for k in NPZ_KEYS}
     except DatasetFormatError:
         raise
     except (OSError, ValueError, EOFError, zipfile.BadZipFile, zlib.error) as exc:
