@@ -73,8 +73,6 @@ def merge_attack_results(results: Sequence[dict[str, Any]]) -> dict[str, Any]:
     per-target lists concatenated in seed order (so that two attacks on the same seeds stay
     aligned target by target), means, standard deviations and 95% intervals recomputed, and
     the floors (each a mean over its seed's targets) averaged with the seeds' target counts."""
-    if len(results) == 1 and "psnr_ci" in results[0]:
-        return results[0]
     merged = dict(results[0])
     counts = [len(r.get("psnr_each", [r.get("psnr_mean")])) for r in results]
     for metric in ("psnr", "ssim"):
@@ -98,8 +96,6 @@ def merge_attack_results(results: Sequence[dict[str, Any]]) -> dict[str, Any]:
 def merge_train_results(results: Sequence[dict[str, Any]]) -> dict[str, Any]:
     """One training cell's result per seed -> the mean accuracy and round time, with the
     per-seed accuracies kept (``accuracy_each``) for paired differences."""
-    if len(results) == 1 and "accuracy_each" in results[0]:
-        return results[0]
     merged = dict(results[0])
     accuracy = [r["accuracy"] for r in results]
     estimate = mean_ci(accuracy)

@@ -15,7 +15,7 @@ from typing import Any
 
 import torch
 
-from .stats import merge_attack_results, merge_train_results, paired_difference
+from .stats import Estimate, merge_attack_results, merge_train_results, paired_difference
 from .store import ResultStore
 
 
@@ -88,25 +88,16 @@ def result(store: ResultStore, entry: dict[str, Any]) -> dict[str, Any] | None:
     return merge_attack_results(found) if "psnr_mean" in found[0] else found[0]
 
 
-class _Spread:
-    """``±half-width`` of a 95% interval, formatted like the mean it follows; empty without one."""
-
-    def __init__(self, half_width: float):
-        self.half_width = half_width
-
-    def __format__(self, spec: str) -> str:
-        return "" if math.isnan(self.half_width) else "±" + format(self.half_width, spec)
-
-
-def _spread(found: dict[str, Any], metric: str) -> _Spread:
-    return _Spread(found.get(f"{metric}_ci", math.nan))
+def _estimate(found: dict[str, Any], metric: str) -> Estimate:
+    """A stored mean with its 95% interval (none for a single value)."""
+    return Estimate(found[metric if metric == "accuracy" else f"{metric}_mean"], found.get(f"{metric}_ci", math.nan),
+                    0)
 
 
 def _privacy_text(found: dict[str, Any] | None) -> str:
     if found is None:
         return "pending"
-    psnr, ssim = _spread(found, "psnr"), _spread(found, "ssim")
-    return (f"{found['psnr_mean']:.1f}{psnr:.1f} dB / {found['ssim_mean']:.2f}{ssim:.2f}"
+    return (f"{_estimate(found, 'psnr').text(1, unit=' dB')} / {_estimate(found, 'ssim').text(2)}"
             f" / {100 * found['label_accuracy']:.0f}%")
 
 
@@ -121,7 +112,8 @@ def _grid(store: ResultStore, chosen: list[dict[str, Any]], title: str) -> Table
 
 
 def privacy_table(store: ResultStore, plan: dict[str, Any]) -> Table:
-    """Rows: (dataset, plain attack); columns: each defense; entries: PSNR and SSIM mean ± std, labels."""
+    """Rows: (dataset, plain attack); columns: each defense; entries: PSNR and SSIM, each a mean ± its
+    95% interval over the targets, and the labels recovered."""
     return _grid(store, entries(plan, "attack", adaptive=False),
                  "Privacy: PSNR / SSIM / label accuracy of reconstructions (lower = more private; "
                  "± the 95% interval of the mean over the targets)")
@@ -149,7 +141,7 @@ def accuracy_table(store: ResultStore, plan: dict[str, Any]) -> Table:
         if base is not None and defense != "none":
             paired = paired_difference(found["accuracy_each"], base["accuracy_each"])
             difference = paired.text(2, 100, " pts") + (" *" if paired.excludes_zero() else "")
-        acc = f"{100 * found['accuracy']:.2f}%{_Spread(100 * found['accuracy_ci']):.2f}"
+        acc = _estimate(found, "accuracy").text(2, 100, "%")
         rows.append([dataset, defense, acc, difference, f"{found['art_s'] * 1000:.1f} ms", overhead])
     return Table("Utility: final test accuracy (ACC, ± its 95% interval over seeds) and average round time (ART)",
                  ["dataset", "defense", "ACC", "ACC vs none (paired by seed; * significant)", "ART", "ART vs none"],
