@@ -7,6 +7,12 @@ per client) and on MNIST (``--mnist-steps`` local steps per client, 20 by defaul
 epoch is 188 steps and the ratio is per step), interleaved defense after defense, repeated.
 Targets: graddefense <= 3% of the clients' training time, dp-gaussian <= 2%.
 
+Beside them, the floor that no reorganisation removes, per client and local step: one draw of
+P Gaussian numbers from torch's CPU generator (every noise defense draws them) and one keyed
+SHA-256 hash of the P float32 gradient (graddefense's memoised noise), each as a share of one
+client's training step (a LeNet batch gradient and SGD step), timed in a loop right after a
+backward pass, as in training.
+
 Server side: the share of a round that the server phase (aggregation, compensation and the
 global step) takes with graddefense's compensation ``shrink``, ``mp`` and ``mp-original`` (and
 ``none`` for reference), at 10 and 100 clients, FedAvg and FedSGD on mnist-sample. The server
@@ -27,6 +33,7 @@ import argparse
 import json
 import os
 import statistics
+import time
 from pathlib import Path
 
 import torch
@@ -74,6 +81,48 @@ def client_side(args, datasets: dict[str, dict]) -> dict:
     return out
 
 
+def floor(dataset_name: str, data_root: Path, clients: int = 10, repeats: int = 30) -> dict:
+    """The per-client-step cost of a Gaussian draw and of a keyed hash of the gradient, in
+    percent of one client step (batch gradient + SGD update), timed as the simulator meets
+    them: ``clients`` steps, then their ``clients`` draws (or hashes); medians over ``repeats``."""
+    import hmac
+
+    from gradguard.grads import batch_gradient
+    from gradguard.models import model_for
+
+    dataset = load_dataset(dataset_name, data_root)
+    model = model_for(dataset, "lenet", dlg_init=True)
+    x, y = dataset.x_train[:32], dataset.y_train[:32]
+    generator, key = torch.Generator().manual_seed(0), bytes(16)
+
+    def steps() -> tuple[float, list[torch.Tensor]]:
+        start, flats = time.perf_counter(), []
+        for _ in range(clients):
+            grads = batch_gradient(model, x, y)
+            with torch.no_grad():
+                for p, g in zip(model.parameters(), grads):
+                    p.sub_(1e-6 * g)
+            flats.append(torch.cat([g.reshape(-1) for g in grads]))
+        return time.perf_counter() - start, flats
+
+    step, draw, digest = [], [], []
+    for _ in range(repeats):
+        seconds, flats = steps()
+        step.append(seconds)
+        start = time.perf_counter()
+        for flat in flats:
+            torch.normal(0.0, 1.0, (flat.numel(),), generator=generator)
+        draw.append(time.perf_counter() - start)
+        step.append(steps()[0])
+        start = time.perf_counter()
+        for flat in flats:
+            hmac.digest(key, flat.numpy().data, "sha256")
+        digest.append(time.perf_counter() - start)
+    base = statistics.median(step)
+    return {"parameters": len(flats[0]), "gaussian_draw_pct": round(100 * statistics.median(draw) / base, 2),
+            "keyed_hash_pct": round(100 * statistics.median(digest) / base, 2)}
+
+
 def server_side(args) -> dict:
     out: dict = {}
     for clients in (10, 100):
@@ -105,6 +154,7 @@ def main() -> None:
     result: dict = {"threads": torch.get_num_threads(), "repeats": args.repeats, "targets_pct": TARGETS}
     if "client" in args.parts:
         result["client_defense_vs_training"] = client_side(args, datasets)
+        result["floor_per_client_step"] = floor("mnist-sample", args.data_root)
     if "server" in args.parts:
         result["server_phase_vs_round"] = server_side(args)
     print(json.dumps(result))

@@ -14,6 +14,7 @@ against every registered defense it applies to.
 
 from __future__ import annotations
 
+import dataclasses
 import random
 from typing import Any
 
@@ -26,6 +27,7 @@ from gradguard import batch_gradient, model_for
 from gradguard.attacks import ADAPTIVE, ATTACKS, Attack, AttackConfig, adaptive_attack
 from gradguard.defenses import DEFENSES, Defense, DefenseContext
 from gradguard.errors import ConfigError
+from gradguard.grads import flatten
 
 # Only gradguard's own registrations: test modules register test-only defenses too
 # (tests/flower_helpers.py's "test-mask"), and whether they are imported before this module is
@@ -129,6 +131,59 @@ def test_defense_is_deterministic_under_a_seeded_generator(defense_name, case):
                                                               context_for(cls, case, seeded(7)))
                      for _ in range(2))
     assert all(torch.equal(a, b) for a, b in zip(first, second))
+
+
+def rows_against_one_by_one(name: str, options: dict[str, Any], case) -> tuple[torch.Tensor, torch.Tensor]:
+    """Three clients' different gradients defended in one ``defend_rows`` call, and the same
+    defended one client at a time by a fresh instance, with equally seeded generators."""
+    cls = DEFENSES[name]
+    clients = [[g * scale for g in case["grads"]] for scale in (1.0, -0.5, 2.0)]
+    rows = torch.stack([flatten(grads) for grads in clients])
+    kept = rows.clone()
+
+    def contexts() -> list[DefenseContext]:
+        return [dataclasses.replace(context_for(cls, case, seeded(10 + i)), client=i) for i in range(len(clients))]
+
+    together = Defense.from_config(name, **options).defend_rows(rows, case["grads"], contexts())
+    assert torch.equal(rows, kept), "defend_rows modified its input"
+    one = Defense.from_config(name, **options)
+    alone = torch.stack([flatten(one.defend(grads, context)) for grads, context in zip(clients, contexts())])
+    return together, alone
+
+
+def test_defending_rows_together_equals_defending_each_alone(defense_name, case):
+    # the simulator defends a step's clients in one call (Defense.defend_rows); each row must be
+    # exactly what that client alone would send, drawn from its own generator
+    together, alone = rows_against_one_by_one(defense_name, {}, case)
+    assert together.shape == alone.shape
+    assert torch.equal(together, alone)
+
+
+@pytest.mark.parametrize(("name", "options"), [
+    ("graddefense", {"clip": None}),                  # absolute noise: no renorm
+    ("graddefense", {"memoize": False}),              # fresh noise from each client's generator
+    ("graddefense", {"slices": 7, "chosen": 7}),      # 13,426 = 7 x 1,918: no padding (the default pads)
+    ("graddefense", {"chosen": 5}),                   # k < S: row by row (the base class)
+    ("graddefense", {"sensitivity": "hutchinson"}),   # per-client risk slices: row by row
+    ("dp-gaussian", {"clip": 1.0}),
+    ("dp-laplace", {"clip": 0.5}),
+])
+def test_defending_rows_together_equals_each_alone_beyond_the_defaults(name, options, case):
+    together, alone = rows_against_one_by_one(name, options, case)
+    assert torch.equal(together, alone)
+
+
+def test_memoised_rows_get_the_same_noise_when_replayed_and_fresh_noise_when_changed(case):
+    defense = Defense.from_config("graddefense")
+    rows = torch.stack([flatten(case["grads"]), flatten([-g for g in case["grads"]])])
+    contexts = [DefenseContext(client=i, generator=torch.Generator().manual_seed(i)) for i in range(2)]
+    first = defense.defend_rows(rows, case["grads"], contexts)
+    assert torch.equal(defense.defend_rows(rows, case["grads"], contexts), first)  # a replayed model
+    changed = rows.clone()
+    changed[0, 0] = torch.nextafter(changed[0, 0], torch.tensor(1.0))  # one bit of client 0's gradient
+    second = defense.defend_rows(changed, case["grads"], contexts)
+    assert torch.equal(second[1], first[1])
+    assert float((second[0] - first[0]).abs().max()) > 0.1  # noise std 0.2: a new draw, not the same one
 
 
 def test_defense_config_round_trips(defense_name):

@@ -57,6 +57,7 @@ from .base import (
     NoiseModel,
     Strength,
     check_finite,
+    check_rows_finite,
     register,
 )
 from .compensation import MarchenkoPastur, SpectralShrinkage
@@ -232,6 +233,35 @@ class GradDefense(Defense):
             return out, None
         mask = torch.ones(size, dtype=torch.bool) if chosen is None else layout.expand(chosen)
         return out, mask
+
+    def defend_rows(self, rows, like, contexts):
+        """Every client's row at once where the slices are shared (equal-size or none) and every
+        slice gets noise, as by default: one padding copy, one keyed hash and one draw per
+        client, one row-wise renorm, one add and one finiteness check over the matrix. Other
+        configurations defend row by row (the base class)."""
+        if rows.dim() != 2 or len(rows) != len(contexts):
+            raise ValueError(f"defend_rows: {len(contexts)} contexts for rows of shape {tuple(rows.shape)}")
+        c = self.config
+        size = rows.shape[1]
+        state = self._fixed_state(size, contexts[0]) if contexts and not self.reads_context() else None
+        if (state is None or self.chosen_count(state.layout.count) < state.layout.count
+                or (c.clip is not None and (c.clip_per_sample or state.layout.stride is None))):
+            return super().defend_rows(rows, like, contexts)
+        layout, stride = state.layout, state.layout.stride
+        for context in contexts[1:]:
+            self._clients[context.client] = state
+        flat = layout.pad(rows) if layout.padding else rows.clone()  # our own (n, P + padding)
+        generators = [self._memoized(row, context) if c.memoize else generator_for(context)
+                      for row, context in zip(flat, contexts)]
+        noise = torch.stack([normal(flat.shape[1], generator, flat, std=c.noise_std) for generator in generators])
+        if c.clip is None:
+            out = noise.add_(flat)
+        else:  # every slice of every client (a row of the (n * S, L) view) scaled to norm <= C at once
+            assert stride is not None
+            out = noise.add_(flat.view(-1, stride).renorm_(2, 0, c.clip).view_as(flat))
+        if not math.isfinite(float(out.sum())):
+            check_rows_finite(rows, like, self.name)
+        return out[:, :size] if layout.padding else out
 
     def _check_finite(self, total: float, grads) -> None:
         """A sum over the gradient (or the defended one) is finite unless an element is NaN or

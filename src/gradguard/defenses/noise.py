@@ -16,7 +16,7 @@ from pydantic import Field
 from torch import Tensor
 
 from ..grads import flatten, unflatten
-from .base import Defense, DefenseConfig, NoiseModel, Strength, check_finite, register
+from .base import Defense, DefenseConfig, NoiseModel, Strength, check_finite, check_rows_finite, register
 from .rng import generator_for, laplace, normal
 
 # draws of each distribution at a given scale: ``draw(count, generator, like, scale)``
@@ -60,6 +60,23 @@ class _ElementNoise(Defense):
         # one draw for every element, scaled as it is drawn; the gradient is added into it
         noise = DRAWS[self.distribution](flat.numel(), generator_for(context), flat, self._scale())
         return unflatten(noise.add_(flat), grads)
+
+    def defend_rows(self, rows, like, contexts):
+        """Every client's row at once: one finiteness check, one clip and one add over the
+        matrix; the noise is still one draw per client from its own generator."""
+        if rows.dim() != 2 or len(rows) != len(contexts):
+            raise ValueError(f"defend_rows: {len(contexts)} contexts for rows of shape {tuple(rows.shape)}")
+        if not math.isfinite(float(rows.sum())):
+            check_rows_finite(rows, like, self.name)
+        draw, scale, count = DRAWS[self.distribution], self._scale(), rows.shape[1]
+        noise = torch.stack([draw(count, generator_for(context), rows, scale) for context in contexts])
+        clip = self.config.clip
+        if clip is None:
+            return noise.add_(rows)
+        # the factor defend() computes, min(1, C / max(norm, 1e-12)) in float64, per row
+        norms = torch.linalg.vector_norm(rows, dim=1, dtype=torch.float64)
+        factors = (clip / norms.clamp_min(1e-12)).clamp_max(1.0).to(rows.dtype)
+        return noise.add_(rows * factors.unsqueeze(1))
 
     def _scale(self) -> float:
         """The noise's scale in gradient units (times C in relative mode)."""

@@ -4,8 +4,9 @@ vectorised over clients with torch.func (``functional_call`` + ``grad`` + ``vmap
 Both trainers take the same :class:`ClientJob` list and return the same updates: for FedSGD
 the client's defended gradient of its one batch, for FedAvg the difference between its final
 and the global parameters after SGD steps on defended gradients. The defense is applied to
-every local gradient before it is used or sent, one client at a time, with that client's
-generator, so the two trainers are interchangeable (``tests/test_fl_vectorized.py``).
+every local gradient before it is used or sent, with that client's generator; both trainers
+defend the clients of a local step in one :meth:`Defense.defend_rows` call, whose rows equal
+one-client calls, so the two trainers are interchangeable (``tests/test_fl_vectorized.py``).
 """
 
 from __future__ import annotations
@@ -23,9 +24,24 @@ from torch import Tensor, nn
 from torch.func import functional_call, grad, vmap
 
 from ..defenses import Defense, DefenseContext
-from ..grads import Gradient, batch_gradient, has_batchnorm, is_batchnorm, named_params, trainable_parameters
+from ..grads import (
+    Gradient,
+    batch_gradient,
+    flatten,
+    flatten_batched,
+    has_batchnorm,
+    is_batchnorm,
+    named_params,
+    trainable_parameters,
+    unflatten,
+)
 
 Params = dict[str, Tensor]
+
+#: Clients trained side by side by the looped trainer, each on its own copy of the model ...
+LOCKSTEP_CLIENTS = 16
+#: ... and the most parameters such a group holds in all (float32: 128 MiB)
+LOCKSTEP_FLOATS = 2**25
 
 
 @dataclass
@@ -82,7 +98,18 @@ def epoch_batches(indices: Tensor, batch_size: int, epochs: int, generator: torc
 
 
 class LocalTrainer:
-    """Runs the clients of a round one after the other on a working copy of the model."""
+    """Runs the clients of a round side by side, each on its own copy of the model: at every
+    local step each client computes its batch gradient, then one :meth:`Defense.defend_rows`
+    call defends them all, then each takes its SGD step.
+
+    Per client this is the same computation, in the same order, as training the clients one
+    after the other (each has its own model and its own generator), but the defense is called
+    once per step for up to :data:`LOCKSTEP_CLIENTS` clients instead of once per client and
+    step: right after the backward passes each of its tensor operations costs tens of
+    microseconds, which made the calls most of a cheap defense's cost. The copies of the
+    model are kept between rounds; a group holds at most :data:`LOCKSTEP_FLOATS` parameters
+    in all (at least one client), so a large model trains one client at a time.
+    """
 
     name = "looped"
 
@@ -90,32 +117,55 @@ class LocalTrainer:
         self.model, self.defense, self.algorithm, self.lr = model, defense, algorithm, lr
         self.x, self.y = x, y
         self._local_data: dict[int, tuple[Tensor, Tensor]] = {}
+        self._copies: list[nn.Module] = [model]
+        size = sum(p.numel() for p in trainable_parameters(model))
+        self.group = max(1, min(LOCKSTEP_CLIENTS, LOCKSTEP_FLOATS // max(size, 1)))
 
     def run(self, global_state: dict[str, Tensor], jobs: list[ClientJob],
             clock: Stopwatch) -> list[tuple[Gradient, dict[str, Tensor]]]:
         """Each job's update and its final BatchNorm statistics (empty for models without BN)."""
-        return [self._run_client(global_state, job, clock) for job in jobs]
+        results: list[tuple[Gradient, dict[str, Tensor]]] = []
+        for start in range(0, len(jobs), self.group):
+            results += self._run_group(global_state, jobs[start:start + self.group], clock)
+        return results
 
-    def _run_client(self, global_state, job, clock):
-        model = self.model
-        model.load_state_dict(global_state)
-        model.train()
-        params = trainable_parameters(model)
-        for step, batch in enumerate(job.batches):
+    def _models(self, count: int) -> list[nn.Module]:
+        while len(self._copies) < count:
+            self._copies.append(copy.deepcopy(self.model))
+        return self._copies[:count]
+
+    def _run_group(self, global_state, jobs: list[ClientJob], clock: Stopwatch):
+        models = self._models(len(jobs))
+        for model in models:
+            model.load_state_dict(global_state)
+            model.train()
+        params = [trainable_parameters(model) for model in models]
+        updates: list[Gradient | None] = [None] * len(jobs)
+        for step in range(max(len(job.batches) for job in jobs)):
+            active = [i for i, job in enumerate(jobs) if step < len(job.batches)]
             with clock.phase("client"):
-                x, y = self.x[batch], self.y[batch]
-                grads = batch_gradient(model, x, y)
+                batches = [(self.x[jobs[i].batches[step]], self.y[jobs[i].batches[step]]) for i in active]
+                grads = [batch_gradient(models[i], x, y) for i, (x, y) in zip(active, batches)]
             with clock.phase("defense"):
-                grads = self.defense.defend(grads, self.context(job, model, x, y, step))
-            if self.algorithm == "fedsgd":
-                update = grads
-            else:
+                contexts = [self.context(jobs[i], models[i], x, y, step) for i, (x, y) in zip(active, batches)]
+                rows = flatten([g for client in grads for g in client]).view(len(active), -1)
+                defended = self.defense.defend_rows(rows, grads[0], contexts)
+            for i, row in zip(active, defended):
+                client_grads = unflatten(row, grads[0])
+                if self.algorithm == "fedsgd":
+                    updates[i] = client_grads
+                    continue
                 with clock.phase("client"), torch.no_grad():
-                    for p, g in zip(params, grads):
+                    for p, g in zip(params[i], client_grads):
                         p.sub_(self.lr * g)
-        if self.algorithm == "fedavg":
-            update = [p - global_state[n] for n, p in named_params(model).items()]
-        return update, bn_statistics(model)
+        results = []
+        for i, model in enumerate(models):
+            if self.algorithm == "fedavg":
+                updates[i] = [p - global_state[n] for n, p in named_params(model).items()]
+            update = updates[i]
+            assert update is not None
+            results.append((update, bn_statistics(model)))
+        return results
 
     def context(self, job: ClientJob, model: nn.Module | None, x: Tensor, y: Tensor, step: int) -> DefenseContext:
         """What the defense sees; the client's local data is gathered (once) only for defenses
@@ -134,9 +184,10 @@ class VectorizedTrainer(LocalTrainer):
     client axis and one vmapped ``grad`` computes every client's batch gradient at once.
 
     Clients whose batch sizes differ (unequal partitions) are grouped by their sequence of
-    batch sizes, one vmapped computation per group. The defense still runs per client on the
-    unstacked gradient (cheap next to the gradient itself); for defenses that read the model
-    (``needs_batch``) a scratch copy of the model is loaded with that client's parameters.
+    batch sizes, one vmapped computation per group. A defense that reads only the gradient
+    defends the group's step in one :meth:`Defense.defend_rows` call; for one that reads the
+    model (:meth:`Defense.reads_context`) a scratch copy of the model is loaded with each
+    client's parameters in turn.
     Models with BatchNorm, whose running statistics vmap cannot update, use the loop instead.
     """
 
@@ -186,9 +237,16 @@ class VectorizedTrainer(LocalTrainer):
     def _defend(self, params: Params, grads: Params, jobs: list[ClientJob], x: Tensor, y: Tensor,
                 step: int) -> Params:
         names = list(grads)
+        if not self.defense.reads_context():  # the gradients alone: every client in one call
+            like = [grads[n][0] for n in names]
+            rows = flatten_batched([grads[n] for n in names])
+            together = self.defense.defend_rows(rows, like, [self.context(job, None, x[i], y[i], step)
+                                                             for i, job in enumerate(jobs)])
+            return {n: column.reshape(len(jobs), *g.shape)
+                    for n, g, column in zip(names, like, together.split([g.numel() for g in like], dim=1))}
         defended = []
         for i, job in enumerate(jobs):
-            model = self._client_model({n: p[i] for n, p in params.items()}) if self.defense.reads_context() else None
+            model = self._client_model({n: p[i] for n, p in params.items()})
             context = self.context(job, model, x[i], y[i], step)
             defended.append(self.defense.defend([grads[n][i] for n in names], context))
         return {n: torch.stack([d[k] for d in defended]) for k, n in enumerate(names)}
