@@ -19,13 +19,15 @@ import base64
 import copy
 import hashlib
 import json
+import os
+import pickle
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar
 
 import numpy as np
 import torch
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 from torch import Tensor
 
 from ..attacks import Attack
@@ -40,9 +42,9 @@ from ..models import build_model, model_for
 from ..rng import make_generator, seeded_global_rng
 
 #: Version of the cell format (fields and key derivation). Bump it with :data:`SCHEMA_FINGERPRINT`.
-STORE_VERSION = 2
+STORE_VERSION = 3
 #: sha256 prefix of the cell classes' JSON schemas at :data:`STORE_VERSION` (see :func:`schema_fingerprint`).
-SCHEMA_FINGERPRINT = "0432e8b449fcb911"
+SCHEMA_FINGERPRINT = "aa7e0db7f5b0db6c"
 
 
 class TrainSettings(BaseModel):
@@ -117,6 +119,20 @@ class AttackCell(Cell):
     seed: int
     target_pool: int = Field(ge=1)
     aux_images: int = Field(ge=1)
+    pretrain: TrainSettings | None = Field(None, description="None: attack the model at its initialisation (DLG's "
+                                           "setting); else the model after this FedAvg schedule without defense on "
+                                           "the dataset, from the same seed (late in training)")
+
+    @model_validator(mode="after")
+    def _trained_models_are_normalised(self) -> AttackCell:
+        if self.pretrain is not None and not self.normalised:
+            raise ValueError("a trained model keeps the normalisation layer it was trained with: pretrain needs "
+                             "normalised=True")
+        return self
+
+    def moment(self) -> str:
+        """``init`` (the model at its initialisation) or ``trained``."""
+        return "init" if self.pretrain is None else "trained"
 
     def label(self) -> str:
         """``gia``, ``detect-mute + gia`` or ``lti``."""
@@ -124,8 +140,9 @@ class AttackCell(Cell):
 
     def describe(self) -> str:
         batch = f" (batch {self.batch_size})" if self.batch_size > 1 else ""
+        moment = " on the trained model" if self.pretrain is not None else ""
         return f"{_short(self.dataset)}: {self.label()} vs {self.defense} {_options(self.defense_options)}".strip() \
-            + batch
+            + batch + moment
 
 
 class TrainCell(Cell):
@@ -297,7 +314,10 @@ def run_attack(cell: AttackCell, data_root: Path | None, dataset=None, progress=
     dataset = dataset if dataset is not None else load_dataset(cell.dataset, data_root)
     seed = cell.seed
     device = torch.device(device) if device is not None else torch.device("cpu")
-    model = seeded_model(dataset, cell.model, seed, cell.normalised, **cell.model_options).to(device)
+    model = seeded_model(dataset, cell.model, seed, cell.normalised, **cell.model_options)
+    if cell.pretrain is not None:
+        model.load_state_dict(trained_state(cell, data_root))
+    model = model.to(device)
     defense = Defense.from_config(cell.defense, **cell.defense_options)
     attack = Attack.from_config(cell.attack, **cell.attack_overrides) if cell.attack else None
     adaptive = adaptive_attack(cell.adaptive, **cell.adaptive_options) if cell.adaptive else None
@@ -362,6 +382,42 @@ def run_attack(cell: AttackCell, data_root: Path | None, dataset=None, progress=
         "truth": encode_images(truth), "reconstruction": encode_images(images), "targets": index,
     }
     return AttackOutcome(record, truth, aligned, index)
+
+
+def trained_cache() -> Path:
+    """Where pretrained models are kept: ``$GRADGUARD_CACHE/trained`` or ``~/.cache/gradguard/trained``."""
+    base = os.environ.get("GRADGUARD_CACHE")
+    return (Path(base) if base else Path.home() / ".cache" / "gradguard") / "trained"
+
+
+def trained_state(cell: AttackCell, data_root: Path | None) -> dict[str, Tensor]:
+    """The state of the cell's model after its ``pretrain`` schedule: FedAvg without defense on
+    the cell's dataset from the cell's seed (the same training as the profile's ``none`` cell
+    when the schedules match), on the CPU. Deterministic, so it is computed once and cached
+    under a hash of everything that determines it (:func:`trained_cache`); concurrent workers
+    may both compute it and write the same file."""
+    from ..fl import SimulationConfig, simulate
+
+    assert cell.pretrain is not None
+    what = {"dataset": cell.dataset, "model": cell.model, "model_options": cell.model_options,
+            "pretrain": cell.pretrain.model_dump(mode="json"), "seed": cell.seed, "version": STORE_VERSION}
+    digest = hashlib.sha256(json.dumps(what, sort_keys=True, default=str).encode()).hexdigest()[:32]
+    path = trained_cache() / f"{digest}.pt"
+    if path.exists():
+        try:
+            return torch.load(path, map_location="cpu", weights_only=True)
+        except (OSError, RuntimeError, EOFError, ValueError, pickle.UnpicklingError):
+            pass  # a damaged cache entry is computed again
+    config = SimulationConfig(dataset=cell.dataset, model=cell.model, model_options=cell.model_options,
+                              defense="none", seed=cell.seed, data_root=data_root,
+                              **(cell.pretrain.model_dump() | {"eval_every": cell.pretrain.rounds}))
+    with seeded_global_rng(cell.seed, "train-forward"):
+        state = simulate(config).final_state
+    path.parent.mkdir(parents=True, exist_ok=True)
+    partial = path.with_suffix(f".{os.getpid()}.tmp")
+    torch.save(state, partial)
+    os.replace(partial, path)
+    return state
 
 
 def train_cell(cell: TrainCell, data_root: Path | None, device: torch.device | None = None) -> dict[str, Any]:

@@ -38,10 +38,12 @@ def _most_leaked_image(store: ResultStore, entries: list[dict[str, Any]]) -> int
     return max(range(len(cell.result["psnr"])), key=cell.result["psnr"].__getitem__) if cell else 0
 
 
-def reconstruction_grid(store: ResultStore, plan: dict[str, Any], attack: str, path: Path) -> Path:
+def reconstruction_grid(store: ResultStore, plan: dict[str, Any], attack: str, path: Path,
+                        moment: str | None = None) -> Path:
     """Rows: datasets; columns: the truth, then the reconstruction under each defense column, for
-    each dataset's most leaked image."""
-    chosen = [e for e in entries(plan, "attack", adaptive=False) if e["attack"] == attack]
+    each dataset's most leaked image; ``moment`` "trained" for the attacks on the trained model."""
+    chosen = [e for e in entries(plan, "attack", adaptive=False)
+              if e["attack"] == attack and e.get("moment") == moment]
     datasets = list(dict.fromkeys(p["dataset"] for p in chosen))
     columns = list(dict.fromkeys(p["defense"] for p in chosen))
     fig, axes = plt.subplots(len(datasets), len(columns) + 1, squeeze=False,
@@ -62,7 +64,8 @@ def reconstruction_grid(store: ResultStore, plan: dict[str, Any], attack: str, p
         axes[row, 0].set_ylabel(f"{dataset} #{image}", fontsize=8)
     for col, title in enumerate(["truth"] + columns):
         axes[0, col].set_title(title, fontsize=8)
-    fig.suptitle(f"Reconstructions by {attack} (per dataset, the image it reconstructs best without defense)",
+    on = " on the trained model" if moment == "trained" else ""
+    fig.suptitle(f"Reconstructions by {attack}{on} (per dataset, the image it reconstructs best without defense)",
                  fontsize=9)
     return _save(fig, path)
 

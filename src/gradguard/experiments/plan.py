@@ -132,19 +132,23 @@ class Plan:
 
 
 def attack_cell_for(profile: Profile, dataset: str, attack: str | None, defense: str, options: dict[str, Any],
-                    adaptive: str | None = None, seed: int | None = None) -> AttackCell:
+                    adaptive: str | None = None, seed: int | None = None, moment: str = "init") -> AttackCell:
+    """The profile's attack cell; at the ``trained`` moment the model is the one the profile's
+    training schedule gives without defense (with its normalisation layer, for every attack)."""
     adaptive_options: dict[str, Any] = {}
     if adaptive is not None:
         if "rounds" in inspect.signature(ADAPTIVE[adaptive]).parameters:
             adaptive_options = {"rounds": profile.adaptive_rounds}  # attackers that combine several observations
         adaptive_options.update(profile.adaptive_options.get(adaptive, {}))
+    trained = moment == "trained"
     return AttackCell(dataset=dataset, model=profile.model, model_options=profile.attack_model_options,
-                      normalised=attack not in profile.unnormalised_attacks, attack=attack,
+                      normalised=trained or attack not in profile.unnormalised_attacks, attack=attack,
                       attack_overrides=profile.attack_overrides.get(attack, {}) if attack else {}, adaptive=adaptive,
                       adaptive_options=adaptive_options, defense=defense, defense_options=options,
                       images=profile.images, batch_size=profile.batch_size,
                       seed=profile.seed if seed is None else seed,
-                      target_pool=profile.target_pool, aux_images=profile.aux_images)
+                      target_pool=profile.target_pool, aux_images=profile.aux_images,
+                      pretrain=profile.train if trained else None)
 
 
 def train_cell_for(profile: Profile, dataset: str, defense: str, options: dict[str, Any],
@@ -221,21 +225,24 @@ def build_plan(profile: Profile) -> Plan:
         # a searched strength is searched once, on the first seed, and used by all
         for seed in profile.seed_list():
             seed_label = seed if profile.seeds > 1 else None  # one seed: task ids as before seeds existed
-            for attack in profile.attack_names():
+            for moment in profile.moments:
+                moment_label = "trained" if moment == "trained" else None  # init: task ids as before moments
+                for attack in profile.attack_names():
+                    for defense in defenses:
+                        cell = attack_cell_for(profile, dataset, attack, defense, options[defense], seed=seed,
+                                               moment=moment)
+                        add("attack", cell, {"dataset": dataset, "attack": attack, "adaptive": None,
+                                             "defense": defense, "moment": moment_label, "seed": seed_label})
                 for defense in defenses:
-                    add("attack", attack_cell_for(profile, dataset, attack, defense, options[defense], seed=seed),
-                        {"dataset": dataset, "attack": attack, "adaptive": None, "defense": defense,
-                         "seed": seed_label})
-            for defense in defenses:
-                for adaptive in applicable_adaptive(profile, defense):
-                    # an attack that reconstructs by itself needs no base attack: one cell
-                    bases: list[str | None] = [None] if ADAPTIVE[adaptive].reconstructs else \
-                        list(profile.adaptive_base_attacks())
-                    for base_attack in bases:
-                        cell = attack_cell_for(profile, dataset, base_attack, defense, options[defense], adaptive,
-                                               seed=seed)
-                        add("attack", cell, {"dataset": dataset, "attack": base_attack, "adaptive": adaptive,
-                                             "defense": defense, "seed": seed_label})
+                    for adaptive in applicable_adaptive(profile, defense):
+                        # an attack that reconstructs by itself needs no base attack: one cell
+                        bases: list[str | None] = [None] if ADAPTIVE[adaptive].reconstructs else \
+                            list(profile.adaptive_base_attacks())
+                        for base_attack in bases:
+                            cell = attack_cell_for(profile, dataset, base_attack, defense, options[defense],
+                                                   adaptive, seed=seed, moment=moment)
+                            add("attack", cell, {"dataset": dataset, "attack": base_attack, "adaptive": adaptive,
+                                                 "defense": defense, "moment": moment_label, "seed": seed_label})
             if dataset in profile.trained_datasets():
                 for defense in defenses:
                     if DEFENSES[defense].trains:

@@ -31,6 +31,14 @@ __all__ = ["PROFILES", "CostModel", "Profile", "SearchSettings", "TrainSettings"
            "load_profile"]
 
 
+#: When in training an attack observes the gradients: at initialisation, or after the training schedule
+Moment = Literal["init", "trained"]
+
+
+def _init_only() -> list[Moment]:
+    return ["init"]
+
+
 class SearchSettings(BaseModel):
     """How a defense with a strength knob is set to equal privacy: its weakest strength whose
     worst-case PSNR (over every plain and non-oracle adaptive attack of the profile) is at most
@@ -118,6 +126,11 @@ class Profile(BaseModel):
     train: TrainSettings = Field(default_factory=TrainSettings)
     train_datasets: list[str] | None = Field(None, description="datasets trained on; None: the same datasets")
     costs: CostModel = Field(default_factory=CostModel)
+    moments: list[Moment] = Field(
+        default_factory=_init_only, min_length=1,
+        description="when in training the gradients are attacked: 'init' (the model at its initialisation, DLG's "
+                    "setting) and/or 'trained' (the model after the profile's training schedule without defense, "
+                    "same seed); every attack runs at each, and a defense's worst case is over both")
     seed: int = Field(0, description="the first seed: data selection, partitions, initialisation and noise")
     seeds: int = Field(1, ge=1, description="independent repetitions with seeds seed, seed + 1, ...; the tables "
                                             "give means with 95% intervals over their targets (privacy) and over "
@@ -133,7 +146,7 @@ class Profile(BaseModel):
     def _distinct_names(self) -> Profile:
         # a repeated dataset would compute the same cells twice at once; a repeated attack or
         # defense would repeat a row or column of the tables
-        for field in ("datasets", "attacks", "defenses", "adaptive"):
+        for field in ("datasets", "attacks", "defenses", "adaptive", "moments"):
             names = getattr(self, field)
             if names is not None and len(set(names)) != len(names):
                 raise ValueError(f"{field}={names} names an entry twice")
@@ -221,7 +234,7 @@ PROFILES: dict[str, Profile] = {
     ),
     "paper": Profile(
         name="paper", datasets=["mnist", "fashion-mnist", "cifar10"], images=4, search=SearchSettings(steps=3),
-        adaptive_with=["gia"],
+        adaptive_with=["gia"], moments=["init", "trained"],
         attack_overrides={"dlg": {"iterations": 300, "restarts": 2}, "gia": {"iterations": 1200, "restarts": 1}},
         train=TrainSettings(clients=10, rounds=30, local_steps=5, eval_every=5),
     ),

@@ -114,10 +114,13 @@ def _build(folder: Path, store: ResultStore) -> Path:
         verdict = (store.meta("profile") or {}).get("verdict", {})
         tables += [privacy_table(store, plan), adaptive_table(store, plan), accuracy_table(store, plan),
                    security_table(store, plan, **verdict), strength_table(plan)]
-        for attack in dict.fromkeys(p["attack"] for p in entries(plan, "attack", adaptive=False)):
+        for attack, moment in dict.fromkeys((p["attack"], p.get("moment"))
+                                            for p in entries(plan, "attack", adaptive=False)):
+            on, suffix = (" on the trained model", "_trained") if moment == "trained" else ("", "")
             images.append(Figure(
-                f"Reconstructions by {attack}",
-                figures.reconstruction_grid(store, plan, attack, out / f"reconstructions_{attack}.png"),
+                f"Reconstructions by {attack}{on}",
+                figures.reconstruction_grid(store, plan, attack, out / f"reconstructions_{attack}{suffix}.png",
+                                            moment),
                 "Left the true image, then what the attack rebuilt from its gradient under each defense, with the "
                 "PSNR under it: the less the rebuilt image looks like the truth, the better the defense hides it."))
         if entries(plan, "train"):

@@ -52,8 +52,9 @@ def is_oracle(entry: dict[str, Any]) -> bool:
 
 def attack_label(entry: dict[str, Any]) -> str:
     """``gia`` for a plain attack, ``detect-mute + gia`` for an adaptive one, ``lti`` for one
-    that reconstructs by itself."""
-    return " + ".join(part for part in (entry.get("adaptive"), entry.get("attack")) if part)
+    that reconstructs by itself; ``gia @ trained`` on the trained model (``moment`` trained)."""
+    label = " + ".join(part for part in (entry.get("adaptive"), entry.get("attack")) if part)
+    return f"{label} @ trained" if entry.get("moment") == "trained" else label
 
 
 def entries(plan: dict[str, Any], role: str, adaptive: bool | None = None) -> list[dict[str, Any]]:
@@ -112,8 +113,8 @@ def _grid(store: ResultStore, chosen: list[dict[str, Any]], title: str) -> Table
 
 
 def privacy_table(store: ResultStore, plan: dict[str, Any]) -> Table:
-    """Rows: (dataset, plain attack); columns: each defense; entries: PSNR and SSIM, each a mean ± its
-    95% interval over the targets, and the labels recovered."""
+    """Rows: (dataset, plain attack, at each moment of training); columns: each defense; entries:
+    PSNR and SSIM, each a mean ± its 95% interval over the targets, and the labels recovered."""
     return _grid(store, entries(plan, "attack", adaptive=False),
                  "Privacy: PSNR / SSIM / label accuracy of reconstructions (lower = more private; "
                  "± the 95% interval of the mean over the targets)")
