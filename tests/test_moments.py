@@ -82,3 +82,13 @@ def test_the_tables_show_both_moments_and_the_worst_case_covers_them(tmp_path):
     per_moment = [float(row[2].split(" ")[0]) for row in rows]
     assert worst.psnr >= max(per_moment) - 0.05, "per target, the better of the two moments"
 
+
+
+def test_a_dataset_can_have_its_own_schedule_for_training_and_for_the_trained_moment():
+    longer = BOTH.train.model_copy(update={"rounds": BOTH.train.rounds + 3})
+    profile = BOTH.model_copy(update={"train_per_dataset": {"mnist-sample": longer}})
+    plan = build_plan(profile)
+    assert {t.cell.train for t in plan.tasks if t.role == "train"} == {longer}
+    assert [t.cell.pretrain for t in plan.tasks if t.role == "attack"] == [None, longer]
+    with pytest.raises(ValueError, match="train_per_dataset"):
+        Profile.model_validate({**BOTH.model_dump(), "train_per_dataset": {"cifar10": longer.model_dump()}})

@@ -148,13 +148,13 @@ def attack_cell_for(profile: Profile, dataset: str, attack: str | None, defense:
                       images=profile.images, batch_size=profile.batch_size,
                       seed=profile.seed if seed is None else seed,
                       target_pool=profile.target_pool, aux_images=profile.aux_images,
-                      pretrain=profile.train if trained else None)
+                      pretrain=profile.schedule(dataset) if trained else None)
 
 
 def train_cell_for(profile: Profile, dataset: str, defense: str, options: dict[str, Any],
                    seed: int | None = None) -> TrainCell:
     return TrainCell(dataset=dataset, model=profile.model, defense=defense, defense_options=options,
-                     train=profile.train, seed=profile.seed if seed is None else seed)
+                     train=profile.schedule(dataset), seed=profile.seed if seed is None else seed)
 
 
 def applicable_adaptive(profile: Profile, defense: str) -> list[str]:
