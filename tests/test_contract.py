@@ -146,6 +146,7 @@ def rows_against_one_by_one(name: str, options: dict[str, Any], case) -> tuple[t
 
     together = Defense.from_config(name, **options).defend_rows(rows, case["grads"], contexts())
     assert torch.equal(rows, kept), "defend_rows modified its input"
+    assert together.data_ptr() != rows.data_ptr(), "defend_rows returned its input's storage"
     one = Defense.from_config(name, **options)
     alone = torch.stack([flatten(one.defend(grads, context)) for grads, context in zip(clients, contexts())])
     return together, alone

@@ -6,7 +6,7 @@ import torch
 from gradguard.data import load_dataset
 from gradguard.defenses import DEFENSES, Compensator, Defense, register
 from gradguard.fl import SimulationConfig, simulate
-from gradguard.fl.simulator import build_global_model
+from gradguard.fl.simulator import build_global_model, client_jobs, partition_clients
 from gradguard.grads import batch_gradient
 
 
@@ -95,3 +95,28 @@ def test_each_trainer_tells_the_defense_the_local_step_of_every_gradient(probe, 
         per_client.setdefault((round_, client), []).append(step)
     assert len(per_client) == 2 * 4, "every client in both rounds"
     assert all(steps == [0, 1, 2] for steps in per_client.values()), per_client
+
+
+@pytest.mark.parametrize(("model", "clients", "options"), [
+    # 20 clients: two lockstep groups (16 + 4); Dirichlet shards give them unequal step counts
+    ("lenet", 20, {"partition": "dirichlet", "alpha": 5.0, "batch_size": 4}),
+    # BatchNorm: every client's running statistics come from its own model copy
+    ("convnet", 3, {"model_options": {"width": 2}, "batch_size": 8}),
+])
+@pytest.mark.parametrize("algorithm", ["fedsgd", "fedavg"])
+def test_clients_in_lockstep_train_exactly_as_one_at_a_time(tiny_mnist, monkeypatch, model, clients, options,
+                                                            algorithm):
+    import gradguard.fl.clients as trainers
+
+    config = SimulationConfig(dataset=tiny_mnist, model=model, clients=clients, rounds=2, lr=0.1, local_epochs=1,
+                              defense="graddefense", reproducible_noise=True, vectorize=False, eval_every=2,
+                              algorithm=algorithm, **options)
+    parts = partition_clients(config, load_dataset(tiny_mnist).y_train)
+    steps = {len(job.batches) for job in client_jobs(config, parts, list(range(clients)), 0)}
+    if algorithm == "fedavg" and model == "lenet":
+        assert len(steps) > 1, "the clients must take different numbers of steps for the test to mean anything"
+    together = simulate(config).final_state
+    monkeypatch.setattr(trainers, "LOCKSTEP_CLIENTS", 1)
+    alone = simulate(config).final_state
+    assert together.keys() == alone.keys()
+    assert all(torch.equal(together[k], alone[k]) for k in together)

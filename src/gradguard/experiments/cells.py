@@ -392,15 +392,22 @@ def trained_cache() -> Path:
 
 def trained_state(cell: AttackCell, data_root: Path | None) -> dict[str, Tensor]:
     """The state of the cell's model after its ``pretrain`` schedule: FedAvg without defense on
-    the cell's dataset from the cell's seed (the same training as the profile's ``none`` cell
-    when the schedules match), on the CPU. Deterministic, so it is computed once and cached
-    under a hash of everything that determines it (:func:`trained_cache`); concurrent workers
-    may both compute it and write the same file."""
+    the cell's dataset from the cell's seed, with the cell's model options, on the CPU. It is
+    the profile's ``none`` training cell when the schedules match and the attacked model's
+    options are the simulator's (``TRAINING_MODEL_OPTIONS``: for LeNet, DLG's initialisation,
+    as profiles attack it). Deterministic, so it is computed once and cached under a hash of
+    everything that determines it, gradguard's version and an ``npz:`` file's bytes included
+    (:func:`trained_cache`); concurrent workers may both compute it and write the same file."""
+    from .. import __version__
     from ..fl import SimulationConfig, simulate
 
     assert cell.pretrain is not None
     what = {"dataset": cell.dataset, "model": cell.model, "model_options": cell.model_options,
-            "pretrain": cell.pretrain.model_dump(mode="json"), "seed": cell.seed, "version": STORE_VERSION}
+            "pretrain": cell.pretrain.model_dump(mode="json"), "seed": cell.seed, "version": STORE_VERSION,
+            "gradguard": __version__}
+    if cell.dataset.startswith("npz:"):
+        with open(cell.dataset[4:], "rb") as handle:
+            what["npz_sha256"] = hashlib.file_digest(handle, "sha256").hexdigest()
     digest = hashlib.sha256(json.dumps(what, sort_keys=True, default=str).encode()).hexdigest()[:32]
     path = trained_cache() / f"{digest}.pt"
     if path.exists():

@@ -125,6 +125,10 @@ class Plan:
                     SimulationConfig(dataset=cell.dataset, model=cell.model, defense=cell.defense,
                                      defense_options=cell.defense_options, seed=cell.seed, **cell.train.model_dump())
                 continue
+            if cell.pretrain is not None:
+                with config_errors(f"attack cell ({cell.describe()})"):
+                    SimulationConfig(dataset=cell.dataset, model=cell.model, model_options=cell.model_options,
+                                     defense="none", seed=cell.seed, **cell.pretrain.model_dump())
             if cell.attack is not None:
                 Attack.from_config(cell.attack, **cell.attack_overrides)
             if cell.adaptive is not None:

@@ -4,9 +4,10 @@ vectorised over clients with torch.func (``functional_call`` + ``grad`` + ``vmap
 Both trainers take the same :class:`ClientJob` list and return the same updates: for FedSGD
 the client's defended gradient of its one batch, for FedAvg the difference between its final
 and the global parameters after SGD steps on defended gradients. The defense is applied to
-every local gradient before it is used or sent, with that client's generator; both trainers
-defend the clients of a local step in one :meth:`Defense.defend_rows` call, whose rows equal
-one-client calls, so the two trainers are interchangeable (``tests/test_fl_vectorized.py``).
+every local gradient before it is used or sent, with that client's generator; the looped
+trainer defends the clients of a local step in one :meth:`Defense.defend_rows` call, whose rows
+equal one-client calls, and so does the vectorised one for defenses that read only the
+gradient, so the two trainers are interchangeable (``tests/test_fl_vectorized.py``).
 """
 
 from __future__ import annotations
@@ -103,7 +104,9 @@ class LocalTrainer:
     call defends them all, then each takes its SGD step.
 
     Per client this is the same computation, in the same order, as training the clients one
-    after the other (each has its own model and its own generator), but the defense is called
+    after the other (each has its own model and its own generator; a model that draws from the
+    global RNG, such as dropout, now draws its masks step by step across the clients), but the
+    defense is called
     once per step for up to :data:`LOCKSTEP_CLIENTS` clients instead of once per client and
     step: right after the backward passes each of its tensor operations costs tens of
     microseconds, which made the calls most of a cheap defense's cost. The copies of the
@@ -149,9 +152,8 @@ class LocalTrainer:
             with clock.phase("defense"):
                 contexts = [self.context(jobs[i], models[i], x, y, step) for i, (x, y) in zip(active, batches)]
                 rows = flatten([g for client in grads for g in client]).view(len(active), -1)
-                defended = self.defense.defend_rows(rows, grads[0], contexts)
-            for i, row in zip(active, defended):
-                client_grads = unflatten(row, grads[0])
+                defended = [unflatten(row, grads[0]) for row in self.defense.defend_rows(rows, grads[0], contexts)]
+            for i, client_grads in zip(active, defended):
                 if self.algorithm == "fedsgd":
                     updates[i] = client_grads
                     continue
