@@ -15,7 +15,7 @@ import torch
 from gradguard.cli import run
 from gradguard.device import resolve_device
 from gradguard.errors import ConfigError
-from gradguard.experiments.cells import AttackCell, TrainCell, TrainSettings, compute
+from gradguard.experiments.cells import STORE_VERSION, AttackCell, TrainCell, TrainSettings, compute
 from gradguard.experiments.plan import build_plan
 from gradguard.experiments.profiles import PROFILES
 from gradguard.experiments.runner import CellRunner
@@ -124,7 +124,7 @@ def test_store_records_the_device_and_reads_old_stores_as_cpu(tmp_path):
     cell = _cell()
     db.execute("INSERT INTO cells VALUES (?, 'attack', ?, '{\"psnr\": 3.0}', 1.0, 0.0)",
                (cell.key(), json.dumps(cell.config())))
-    db.execute("INSERT INTO meta VALUES ('store_version', '2')")
+    db.execute("INSERT INTO meta VALUES ('store_version', ?)", (str(STORE_VERSION),))  # only the column is old
     db.commit()
     db.close()
     reopened = ResultStore(old)
