@@ -35,6 +35,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch import Tensor, nn
 
+from ..data.datasets import cache_folder
 from ..errors import ConfigError
 from ..grads import batch_gradient, flatten, has_batchnorm, is_batchnorm, per_sample_gradients, trainable_parameters
 from ..rng import make_generator, seeded_global_rng
@@ -47,8 +48,7 @@ if TYPE_CHECKING:
 
 def cache_root() -> Path:
     """Where trained inverters are kept: ``$GRADGUARD_CACHE/lti`` or ``~/.cache/gradguard/lti``."""
-    base = os.environ.get("GRADGUARD_CACHE")
-    return (Path(base) if base else Path.home() / ".cache" / "gradguard") / "lti"
+    return cache_folder("lti")
 
 
 class Inverter(nn.Module):

@@ -21,6 +21,13 @@ from torch import Tensor
 from ..errors import DatasetFormatError, DatasetNotFoundError
 
 DEFAULT_ROOT = Path(os.environ.get("GRADGUARD_CACHE", Path.home() / ".cache" / "gradguard"))
+
+
+def cache_folder(kind: str) -> Path:
+    """Where gradguard keeps computed artefacts of one ``kind`` (trained inverters, trained
+    models): ``$GRADGUARD_CACHE/KIND`` or ``~/.cache/gradguard/KIND``, read when called."""
+    base = os.environ.get("GRADGUARD_CACHE")
+    return (Path(base) if base else Path.home() / ".cache" / "gradguard") / kind
 DEBIAN_FASHION_MNIST = Path("/usr/share/datasets/fashion-mnist")
 
 

@@ -23,7 +23,8 @@ from ..errors import ConfigError, config_errors
 from ..grads import Gradient, flatten, unflatten
 
 __all__ = ["DEFENSES", "Compensator", "Defense", "DefenseConfig", "DefenseContext", "Gradient", "NoDefense",
-           "NoiseModel", "Strength", "check_finite", "check_rows_finite", "register"]
+           "NoiseModel", "Strength", "check_finite", "check_rows",
+           "check_rows_finite", "register"]
 
 
 @dataclass
@@ -161,8 +162,7 @@ class Defense(ABC):
         calls were most of a cheap defense's cost). This default defends row by row; a defense
         overrides it where operations over the whole matrix give the same rows for less.
         ``rows`` is left untouched."""
-        if rows.dim() != 2 or len(rows) != len(contexts):
-            raise ValueError(f"defend_rows: {len(contexts)} contexts for rows of shape {tuple(rows.shape)}")
+        check_rows(rows, contexts)
         return torch.stack([flatten(self.defend(unflatten(row, like), context))
                             for row, context in zip(rows, contexts)])
 
@@ -232,6 +232,12 @@ def check_finite(grads: Sequence[Tensor], who: str) -> None:
             raise ConfigError(f"{who}: gradient tensor {i} contains NaN or inf values")
 
 
+def check_rows(rows: Tensor, contexts: Sequence[DefenseContext]) -> None:
+    """A :meth:`Defense.defend_rows` matrix has one row per context."""
+    if rows.dim() != 2 or len(rows) != len(contexts):
+        raise ValueError(f"defend_rows: {len(contexts)} contexts for rows of shape {tuple(rows.shape)}")
+
+
 def check_rows_finite(rows: Tensor, like: Sequence[Tensor], who: str) -> None:
     """:func:`check_finite` for each row of a :meth:`Defense.defend_rows` matrix."""
     for row in rows:
@@ -251,8 +257,7 @@ class NoDefense(Defense):
         return unflatten(flat, grads)
 
     def defend_rows(self, rows, like, contexts):
-        if rows.dim() != 2 or len(rows) != len(contexts):
-            raise ValueError(f"defend_rows: {len(contexts)} contexts for rows of shape {tuple(rows.shape)}")
+        check_rows(rows, contexts)
         out = rows.clone()
         if not math.isfinite(float(out.sum())):
             check_rows_finite(out, like, self.name)

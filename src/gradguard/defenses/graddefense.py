@@ -57,6 +57,7 @@ from .base import (
     NoiseModel,
     Strength,
     check_finite,
+    check_rows,
     check_rows_finite,
     register,
 )
@@ -239,8 +240,7 @@ class GradDefense(Defense):
         slice gets noise, as by default: one padding copy, one keyed hash and one draw per
         client, one row-wise renorm, one add and one finiteness check over the matrix. Other
         configurations defend row by row (the base class)."""
-        if rows.dim() != 2 or len(rows) != len(contexts):
-            raise ValueError(f"defend_rows: {len(contexts)} contexts for rows of shape {tuple(rows.shape)}")
+        check_rows(rows, contexts)
         c = self.config
         size = rows.shape[1]
         state = self._fixed_state(size, contexts[0]) if contexts and not self.reads_context() else None

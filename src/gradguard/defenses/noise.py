@@ -16,7 +16,7 @@ from pydantic import Field
 from torch import Tensor
 
 from ..grads import flatten, unflatten
-from .base import Defense, DefenseConfig, NoiseModel, Strength, check_finite, check_rows_finite, register
+from .base import Defense, DefenseConfig, NoiseModel, Strength, check_finite, check_rows, check_rows_finite, register
 from .rng import generator_for, laplace, normal
 
 # draws of each distribution at a given scale: ``draw(count, generator, like, scale)``
@@ -64,8 +64,7 @@ class _ElementNoise(Defense):
     def defend_rows(self, rows, like, contexts):
         """Every client's row at once: one finiteness check, one clip and one add over the
         matrix; the noise is still one draw per client from its own generator."""
-        if rows.dim() != 2 or len(rows) != len(contexts):
-            raise ValueError(f"defend_rows: {len(contexts)} contexts for rows of shape {tuple(rows.shape)}")
+        check_rows(rows, contexts)
         if not math.isfinite(float(rows.sum())):
             check_rows_finite(rows, like, self.name)
         draw, scale, count = DRAWS[self.distribution], self._scale(), rows.shape[1]

@@ -33,6 +33,7 @@ from torch import Tensor
 from ..attacks import Attack
 from ..attacks.adaptive import Observation, adaptive_attack
 from ..data import load_dataset
+from ..data.datasets import cache_folder
 from ..defenses import Defense, DefenseContext
 from ..defenses.base import Strength
 from ..errors import ConfigError, GradguardError
@@ -384,10 +385,15 @@ def run_attack(cell: AttackCell, data_root: Path | None, dataset=None, progress=
     return AttackOutcome(record, truth, aligned, index)
 
 
-def trained_cache() -> Path:
-    """Where pretrained models are kept: ``$GRADGUARD_CACHE/trained`` or ``~/.cache/gradguard/trained``."""
-    base = os.environ.get("GRADGUARD_CACHE")
-    return (Path(base) if base else Path.home() / ".cache" / "gradguard") / "trained"
+def pretrain_config(cell: AttackCell, data_root: Path | None = None):
+    """The :class:`~gradguard.fl.SimulationConfig` of the cell's ``pretrain`` run: FedAvg without
+    defense, the cell's dataset, model options and seed, evaluated only at the end."""
+    from ..fl import SimulationConfig
+
+    assert cell.pretrain is not None
+    return SimulationConfig(dataset=cell.dataset, model=cell.model, model_options=cell.model_options,
+                            defense="none", seed=cell.seed, data_root=data_root,
+                            **(cell.pretrain.model_dump() | {"eval_every": cell.pretrain.rounds}))
 
 
 def trained_state(cell: AttackCell, data_root: Path | None) -> dict[str, Tensor]:
@@ -397,9 +403,9 @@ def trained_state(cell: AttackCell, data_root: Path | None) -> dict[str, Tensor]
     options are the simulator's (``TRAINING_MODEL_OPTIONS``: for LeNet, DLG's initialisation,
     as profiles attack it). Deterministic, so it is computed once and cached under a hash of
     everything that determines it, gradguard's version and an ``npz:`` file's bytes included
-    (:func:`trained_cache`); concurrent workers may both compute it and write the same file."""
+    (``cache_folder("trained")``); concurrent workers may both compute it and write the same file."""
     from .. import __version__
-    from ..fl import SimulationConfig, simulate
+    from ..fl import simulate
 
     assert cell.pretrain is not None
     what = {"dataset": cell.dataset, "model": cell.model, "model_options": cell.model_options,
@@ -409,17 +415,14 @@ def trained_state(cell: AttackCell, data_root: Path | None) -> dict[str, Tensor]
         with open(cell.dataset[4:], "rb") as handle:
             what["npz_sha256"] = hashlib.file_digest(handle, "sha256").hexdigest()
     digest = hashlib.sha256(json.dumps(what, sort_keys=True, default=str).encode()).hexdigest()[:32]
-    path = trained_cache() / f"{digest}.pt"
+    path = cache_folder("trained") / f"{digest}.pt"
     if path.exists():
         try:
             return torch.load(path, map_location="cpu", weights_only=True)
         except (OSError, RuntimeError, EOFError, ValueError, pickle.UnpicklingError):
             pass  # a damaged cache entry is computed again
-    config = SimulationConfig(dataset=cell.dataset, model=cell.model, model_options=cell.model_options,
-                              defense="none", seed=cell.seed, data_root=data_root,
-                              **(cell.pretrain.model_dump() | {"eval_every": cell.pretrain.rounds}))
     with seeded_global_rng(cell.seed, "train-forward"):
-        state = simulate(config).final_state
+        state = simulate(pretrain_config(cell, data_root)).final_state
     path.parent.mkdir(parents=True, exist_ok=True)
     partial = path.with_suffix(f".{os.getpid()}.tmp")
     torch.save(state, partial)

@@ -15,7 +15,7 @@ from typing import Any, Literal
 
 from ..attacks import ADAPTIVE, Attack, adaptive_attack
 from ..defenses import DEFENSES, Defense
-from .cells import AttackCell, Cell, SearchCell, TrainCell
+from .cells import AttackCell, Cell, SearchCell, TrainCell, pretrain_config
 from .profiles import CostModel, Profile
 
 Role = Literal["attack", "train"]
@@ -127,8 +127,7 @@ class Plan:
                 continue
             if cell.pretrain is not None:
                 with config_errors(f"attack cell ({cell.describe()})"):
-                    SimulationConfig(dataset=cell.dataset, model=cell.model, model_options=cell.model_options,
-                                     defense="none", seed=cell.seed, **cell.pretrain.model_dump())
+                    pretrain_config(cell)
             if cell.attack is not None:
                 Attack.from_config(cell.attack, **cell.attack_overrides)
             if cell.adaptive is not None:

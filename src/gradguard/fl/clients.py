@@ -106,10 +106,9 @@ class LocalTrainer:
     Per client this is the same computation, in the same order, as training the clients one
     after the other (each has its own model and its own generator; a model that draws from the
     global RNG, such as dropout, now draws its masks step by step across the clients), but the
-    defense is called
-    once per step for up to :data:`LOCKSTEP_CLIENTS` clients instead of once per client and
-    step: right after the backward passes each of its tensor operations costs tens of
-    microseconds, which made the calls most of a cheap defense's cost. The copies of the
+    defense is called once per step for up to :data:`LOCKSTEP_CLIENTS` clients instead of once
+    per client and step: right after the backward passes each of its tensor operations costs
+    tens of microseconds, which made the calls most of a cheap defense's cost. The copies of the
     model are kept between rounds; a group holds at most :data:`LOCKSTEP_FLOATS` parameters
     in all (at least one client), so a large model trains one client at a time.
     """
