@@ -63,7 +63,8 @@ def test_relative_element_noise_clips_the_gradient_and_scales_the_noise_by_c(nam
     assert all(torch.equal(u, g) for u, g in zip(unclipped, grads)), "a gradient within C is left as it is"
 
 
-def test_soteria_zeroes_exactly_the_expected_columns(small_lenet):
+@pytest.mark.parametrize("mode", ["auto", "forward", "reverse"])
+def test_soteria_zeroes_exactly_the_expected_columns(small_lenet, mode):
     model, x, y = small_lenet
     percentile, eps = 60.0, 0.1
     # Reference: one backward per feature, written independently of the vectorised defense.
@@ -76,13 +77,34 @@ def test_soteria_zeroes_exactly_the_expected_columns(small_lenet):
     expected = scores.argsort(stable=True)[: round(features.shape[1] * percentile / 100)]
 
     grads = batch_gradient(model, x, y)
-    out = Defense.from_config("soteria", percentile=percentile, eps=eps).defend(
+    out = Defense.from_config("soteria", percentile=percentile, eps=eps, mode=mode).defend(
         grads, DefenseContext(model=model, x=x, y=y))
     fc = [i for i, p in enumerate(model.parameters()) if p is model.fc.weight][0]
     zeroed = (out[fc] == 0).all(0)
     assert set(zeroed.nonzero().flatten().tolist()) == set(expected.tolist())
     assert torch.equal(out[fc][:, ~zeroed], grads[fc][:, ~zeroed])
     assert all(torch.equal(o, g) for i, (o, g) in enumerate(zip(out, grads)) if i != fc)
+
+
+@pytest.mark.parametrize("shape", [(1, 28, 28), (3, 32, 32)])
+def test_soteria_forward_and_reverse_modes_prune_the_same_features_on_the_papers_lenets(shape):
+    with seeded_global_rng(1, "soteria modes"):
+        model = build_model("lenet", shape, 10, mean=[0.5] * shape[0], std=[0.25] * shape[0])
+    x = torch.rand(6, *shape, generator=seeded(7))
+    scores = {mode: Defense.from_config("soteria", mode=mode).feature_scores(model, x)
+              for mode in ("forward", "reverse")}
+    torch.testing.assert_close(scores["forward"], scores["reverse"], rtol=1e-5, atol=0)
+    pruned = {mode: set(Defense.from_config("soteria", mode=mode).pruned_features(model, x).tolist())
+              for mode in ("auto", "forward", "reverse")}
+    assert pruned["forward"] == pruned["reverse"] == pruned["auto"]
+    assert len(pruned["auto"]) == round(0.8 * model.fc.in_features)
+
+
+def test_soteria_auto_mode_goes_forward_only_for_inputs_at_most_four_times_the_features():
+    defense = Defense.from_config("soteria")
+    assert defense._forward(torch.zeros(2, 1, 28, 28), torch.zeros(2, 588))      # LeNet, MNIST
+    assert defense._forward(torch.zeros(2, 3, 32, 32), torch.zeros(2, 768))      # LeNet, CIFAR-10
+    assert not defense._forward(torch.zeros(2, 3, 64, 64), torch.zeros(2, 512))  # 24x as many inputs
 
 
 def test_soteria_per_round_mask_reuses_the_first_steps_pruned_set_only_within_a_training_round(small_lenet):
