@@ -127,6 +127,26 @@ def test_soteria_per_round_mask_reuses_the_first_steps_pruned_set_only_within_a_
     assert zeroed(x, round=4, client=1) == ranked["x"], "a gradient defended on its own always gets its own set"
 
 
+def test_soteria_rank_samples_ranks_a_round_on_the_first_samples_only(small_lenet):
+    model, x, y = small_lenet
+    assert len(x) >= 2
+    batch = torch.cat([x[:1], torch.ones_like(x[1:])])  # the first sample ranks differently from the whole batch
+    grads = batch_gradient(model, batch, y)
+    fc = [i for i, p in enumerate(model.parameters()) if p is model.fc.weight][0]
+    full = Defense.from_config("soteria", percentile=60, mask_per="round")
+    first = Defense.from_config("soteria", percentile=60, mask_per="round", rank_samples=1)
+    ranked = {n: set(full.pruned_features(model, data).tolist()) for n, data in (("first", batch[:1]), ("all", batch))}
+    assert ranked["first"] != ranked["all"], "the test needs the first sample to rank differently"
+
+    def zeroed(defense, **context):
+        out = defense.defend(grads, DefenseContext(model=model, x=batch, y=y, **context))
+        return set((out[fc] == 0).all(0).nonzero().flatten().tolist())
+
+    assert zeroed(full, round=0, client=0, step=0) == ranked["all"]
+    assert zeroed(first, round=0, client=0, step=0) == ranked["first"]
+    assert zeroed(first, round=0, client=0) == ranked["all"], "a gradient defended on its own ranks its whole batch"
+
+
 def test_dpsgd_clips_each_sample_and_reports_falling_epsilon(small_lenet):
     model, x, y = small_lenet
     per_sample = per_sample_gradients(model, x, y)
