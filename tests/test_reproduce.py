@@ -3,6 +3,7 @@ the resume guarantee, and its errors."""
 
 import json
 import re
+from pathlib import Path
 
 import pytest
 import torch
@@ -229,6 +230,13 @@ def test_a_profile_file_in_toml_runs_like_the_same_profile(tmp_path):
     with pytest.raises(ConfigError, match="not valid TOML"):
         (tmp_path / "bad.toml").write_text("datasets = [")
         load_profile(tmp_path / "bad.toml")
+
+
+@pytest.mark.parametrize("path", sorted((Path(__file__).parents[1] / "examples" / "profiles").glob("*.*")),
+                         ids=lambda p: p.name)
+def test_every_example_profile_loads_and_plans(path):
+    profile = load_profile(path)
+    assert profile.name == path.stem and build_plan(profile).size > 0
 
 
 @pytest.mark.parametrize("argv, message", [
