@@ -197,6 +197,19 @@ def test_dry_run_prints_the_plan_and_computes_nothing(tmp_path, capsys):
     assert not (tmp_path / "run").exists()
 
 
+def test_the_remaining_estimate_leaves_out_exactly_the_stored_cells():
+    plan = build_plan(PROFILES["tiny"])
+    plain = [t for t in plan.tasks if t.strength_from is None]
+    done = {t.cell.key() for t in plain[:3]}
+    assert plan.estimate_remaining_s(set()) == pytest.approx(plan.estimate_total_s())
+    assert plan.estimate_remaining_s(done) == pytest.approx(
+        plan.estimate_total_s() - sum(plan.estimate_s(t.cell) for t in plain[:3]))
+    searched = [t for t in plan.tasks if t.strength_from is not None]
+    assert searched, "tiny searches a strength: its tasks count as to do whatever is stored"
+    assert plan.estimate_remaining_s({t.cell.key() for t in plan.tasks}) == pytest.approx(
+        sum(plan.estimate_s(t.cell) for t in searched) + sum(plan.estimate_s(s.cell) for s in plan.searches))
+
+
 def test_missing_dataset_is_one_clear_error(tmp_path, capsys):
     code = run(["reproduce", "--profile", "paper", "--data-root", str(tmp_path), "--out", str(tmp_path / "run")])
     err = capsys.readouterr().err

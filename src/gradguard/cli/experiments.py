@@ -106,8 +106,8 @@ def _dry_run(args, plan) -> None:
     for line in describe_plan(plan, stored):
         print(line)
     print(f"{plan.size} units ({len(plan.tasks)} cells, {len(plan.searches)} searches); about "
-          f"{plan.estimate_total_s() / 60 / args.jobs:.0f} min with --jobs {args.jobs} on 2 CPU cores "
-          f"if none is stored")
+          f"{plan.estimate_remaining_s(stored) / 60 / args.jobs:.0f} min left with --jobs {args.jobs} on 2 CPU cores "
+          f"(a fresh run: {plan.estimate_total_s() / 60 / args.jobs:.0f} min)")
 
 
 def _reproduce(args, profile) -> Path | None:
@@ -129,8 +129,10 @@ def _reproduce(args, profile) -> Path | None:
             stored = runner.stored_count(plan)
             console.print(f"[bold]{profile.name}[/]: {', '.join(profile.datasets)} -> {args.out} "
                           f"({plan.size} units: {plan_counts(plan)}; {stored} already done, from the "
-                          f"{store.count()} cells stored; a fresh run takes about "
-                          f"{plan.estimate_total_s() / 60 / args.jobs:.0f} min with --jobs {args.jobs} on 2 CPU cores)")
+                          f"{store.count()} cells stored; about "
+                          f"{plan.estimate_remaining_s({c.key for c in store.cells()}) / 60 / args.jobs:.0f} min "
+                          f"left with --jobs {args.jobs} on 2 CPU cores, a fresh run "
+                          f"{plan.estimate_total_s() / 60 / args.jobs:.0f} min)")
             reproduce(runner, profile)
             _finish(progress)
         page = build_report(args.out)

@@ -91,6 +91,13 @@ class Plan:
     def estimate_total_s(self) -> float:
         return sum(self.estimate_s(t.cell) for t in self.tasks) + sum(self.estimate_s(s.cell) for s in self.searches)
 
+    def estimate_remaining_s(self, stored: set[str]) -> float:
+        """Core-seconds of the units whose cells are not among the ``stored`` keys (a task whose
+        strength comes from a search counts as to do: its cell is known only after the search)."""
+        return (sum(self.estimate_s(t.cell) for t in self.tasks
+                    if t.strength_from is not None or t.cell.key() not in stored)
+                + sum(self.estimate_s(s.cell) for s in self.searches if s.cell.key() not in stored))
+
     def validate(self) -> None:
         """Build every defense, attack and training configuration the plan will run, and read
         every npz dataset it names, without computing anything: a bad option fails here, in one

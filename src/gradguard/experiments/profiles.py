@@ -69,16 +69,18 @@ class Verdict(BaseModel):
 
 class CostModel(BaseModel):
     """Seconds per unit of work on one core of the 2-core development machine (LeNet; measured
-    from the ``paper`` run's cells), for the duration estimate of a plan. Soteria's per-step cost
-    is its per-feature input-gradient norms: 0.9-1.0 s on the grey datasets, 1.4 s on CIFAR-10."""
+    from the ``paper`` run's cells), for the duration estimate of a plan. A local step took 3-7 ms
+    in the converged training cells (one thread per worker, two workers); Soteria's per-step cost
+    is its ranking of a batch of 32 (0.4-1.1 s on the grey datasets, 3 s on CIFAR-10), DP-SGD's
+    its per-sample gradients (8-10 ms)."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     attack_iteration_s: dict[str, float] = Field(default_factory=lambda: {"dlg": 0.01, "gia": 0.001},
                                                  description="per attack iteration, image and restart")
     default_iteration_s: float = Field(0.01, gt=0, description="for attacks not listed above")
-    client_step_s: float = Field(0.0025, gt=0, description="one local SGD step of one client")
-    defense_step_s: dict[str, float] = Field(default_factory=lambda: {"soteria": 1.1},
+    client_step_s: float = Field(0.004, gt=0, description="one local SGD step of one client")
+    defense_step_s: dict[str, float] = Field(default_factory=lambda: {"soteria": 1.1, "dpsgd": 0.009},
                                              description="a defense's extra cost per local step")
     adaptive_cell_s: dict[str, float] = Field(default_factory=lambda: {"lti": 60.0},
                                               description="an adaptive attack's own cost per cell (training a "
