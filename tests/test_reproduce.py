@@ -120,6 +120,12 @@ def test_interrupted_run_resumes_computing_each_cell_once(tmp_path, monkeypatch)
         reproduce(runner, SMALL)
     interrupted = ResultStore(tmp_path / "a")
     assert len(interrupted.cells("attack")) + len(interrupted.cells("train")) == 4
+    partial = interrupted.meta("plan")
+    assert partial["partial"] == {"done": 4, "of": len(build_plan(SMALL).tasks)}, "the plan so far is stored"
+    finished = {c.key for kind in ("attack", "train") for c in interrupted.cells(kind)}
+    assert {t["key"] for t in partial["tasks"]} == finished
+    build_report(tmp_path / "a")
+    assert "partial run: 4 of" in (tmp_path / "a" / "report" / "tables.md").read_text()
     plan = build_plan(SMALL)
     monkeypatch.setattr(cells, "compute", counting())
     fresh = []
@@ -134,6 +140,7 @@ def test_interrupted_run_resumes_computing_each_cell_once(tmp_path, monkeypatch)
     with CellRunner(ResultStore(tmp_path / "b")) as runner:
         reproduce(runner, SMALL)
     assert _tables_without_time(tmp_path / "a") == _tables_without_time(tmp_path / "b")
+    assert "partial" not in ResultStore(tmp_path / "a").meta("plan"), "a finished run's plan is whole"
 
 
 def test_worker_processes_give_the_tables_of_an_inline_run(tmp_path):

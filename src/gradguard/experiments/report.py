@@ -151,6 +151,11 @@ def _build(folder: Path, store: ResultStore) -> Path:
     if not tables:
         raise GradguardError(f"report: the store in {folder} holds no finished reproduction or sweep yet")
     tables = explain_terms(tables)
+    partial = (plan or {}).get("partial")
+    if partial:  # an unfinished (interrupted or running) reproduction: say so above every table
+        note = (f"partial run: {partial['done']} of {partial['of']} cells finished; every mean, interval and worst "
+                f"case covers the finished cells only (rerun the same reproduce command to finish)")
+        tables = [replace(t, notes=(note, *t.notes)) for t in tables]
     for index, table in enumerate(tables):
         table.write_csv(out / f"table{index + 1}.csv")
     (out / "tables.md").write_text("\n".join(t.markdown() for t in tables))

@@ -5,7 +5,8 @@ attack against every defense, every adaptive attack against the defenses it appl
 training run per defense that trains, and an equal-privacy search for each defense with a
 strength knob that the profile does not fix. Then one runner executes it, reusing whatever the
 store holds. The resolved plan (which stored cell fills which table entry) is saved in the
-store for the report.
+store for the report, and while the run goes, the plan resolved so far: the report of an
+interrupted run shows the finished cells and says it is partial.
 """
 
 from __future__ import annotations
@@ -36,6 +37,7 @@ def reproduce(runner: CellRunner, profile: Profile) -> dict[str, Any]:
     check_datasets(profile, runner.data_root)
     plan = build_plan(profile)
     runner.store.set_meta("profile", profile.model_dump(mode="json"))
-    resolved = runner.run(plan)
+    # the plan so far replaces any earlier one at once, so an interrupted run reports what it finished
+    resolved = runner.run(plan, on_progress=lambda partial: runner.store.set_meta("plan", partial))
     runner.store.set_meta("plan", resolved)
     return resolved

@@ -158,11 +158,14 @@ class CellRunner:
         """How many units of ``plan`` are already finished in the store (as :meth:`run` counts them)."""
         return len(self.stored_units(plan))
 
-    def run(self, plan: Plan) -> dict[str, Any]:
+    def run(self, plan: Plan, on_progress: Callable[[dict[str, Any]], None] | None = None) -> dict[str, Any]:
         """Compute every cell of ``plan`` that the store lacks; returns the resolved plan (each
-        task's labels and the key of its cell, each search's strength) for the tables."""
+        task's labels and the key of its cell, each search's strength) for the tables.
+        ``on_progress(partial)``, if given, gets the plan resolved so far (the same form, with
+        ``partial: {"done": tasks resolved, "of": tasks}``) once the stored cells are counted and
+        after every computed cell, so that an interrupted run can still be reported."""
         self.check_devices()
-        return _Run(self, plan).execute()
+        return _Run(self, plan, on_progress).execute()
 
     def check_devices(self, local: bool = False) -> None:
         """Refuse a store holding cells computed on another kind of device than this run's,
@@ -188,8 +191,9 @@ class _Run:
     """The driver's state while a plan runs: a priority queue of cells to start, the cells in
     flight, and who waits for each cell's result."""
 
-    def __init__(self, runner: CellRunner, plan: Plan):
-        self.runner, self.plan = runner, plan
+    def __init__(self, runner: CellRunner, plan: Plan,
+                 on_progress: Callable[[dict[str, Any]], None] | None = None):
+        self.runner, self.plan, self.on_progress = runner, plan, on_progress
         self.strengths: dict[str, dict[str, Any]] = dict(plan.fixed)
         self.queue: list[tuple[int, int, str]] = []
         self.order = itertools.count()
@@ -293,6 +297,7 @@ class _Run:
         for task in self.plan.tasks:
             if task.strength_from is None:
                 self.start_task(task)
+        self.progress()
         runner = self.runner
         slots = max(1, runner._slots)
         root = str(runner.data_root) if runner.data_root else None
@@ -319,8 +324,18 @@ class _Run:
         self.resolved.sort(key=lambda e: order[e["id"]])
         return {"tasks": self.resolved, "strengths": self.strengths}
 
+    def progress(self) -> None:
+        """Hand the plan resolved so far to ``on_progress`` (in plan order)."""
+        if self.on_progress is None:
+            return
+        order = {t.id: i for i, t in enumerate(self.plan.tasks)}
+        self.on_progress({"tasks": sorted(self.resolved, key=lambda e: order[e["id"]]),
+                          "strengths": dict(self.strengths),
+                          "partial": {"done": len(self.resolved), "of": len(self.plan.tasks)}})
+
     def _finish(self, key: str, result: dict[str, Any], seconds: float, device: str | None = None) -> None:
         self.runner._store(self.cells.pop(key), result, seconds, device)
         for then in self.waiting.pop(key):
             then(result)
+        self.progress()
 
