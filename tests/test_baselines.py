@@ -9,6 +9,7 @@ import torch
 from gradguard import batch_gradient, build_model, per_sample_gradients
 from gradguard.defenses import Defense, DefenseContext
 from gradguard.defenses.dpsgd import epsilon_after, noise_for_epsilon
+from gradguard.errors import ConfigError
 from gradguard.rng import seeded_global_rng
 
 
@@ -145,6 +146,9 @@ def test_soteria_rank_samples_ranks_a_round_on_the_first_samples_only(small_lene
     assert zeroed(full, round=0, client=0, step=0) == ranked["all"]
     assert zeroed(first, round=0, client=0, step=0) == ranked["first"]
     assert zeroed(first, round=0, client=0) == ranked["all"], "a gradient defended on its own ranks its whole batch"
+    with pytest.raises(ConfigError, match="mask_per='round' only"):
+        Defense.from_config("soteria", rank_samples=8)
+    assert first.costly_steps(5, batch_size=4) == 1 / 4 and full.costly_steps(5) == 1
 
 
 def test_dpsgd_clips_each_sample_and_reports_falling_epsilon(small_lenet):

@@ -121,7 +121,7 @@ def test_interrupted_run_resumes_computing_each_cell_once(tmp_path, monkeypatch)
     interrupted = ResultStore(tmp_path / "a")
     assert len(interrupted.cells("attack")) + len(interrupted.cells("train")) == 4
     partial = interrupted.meta("plan")
-    assert partial["partial"] == {"done": 4, "of": len(build_plan(SMALL).tasks)}, "the plan so far is stored"
+    assert partial["partial"] == {"done": 4, "of": len(build_plan(SMALL).tasks), "shown": 4}, "the plan so far"
     finished = {c.key for kind in ("attack", "train") for c in interrupted.cells(kind)}
     assert {t["key"] for t in partial["tasks"]} == finished
     build_report(tmp_path / "a")
@@ -207,13 +207,14 @@ def test_dry_run_prints_the_plan_and_computes_nothing(tmp_path, capsys):
 def test_the_remaining_estimate_leaves_out_exactly_the_stored_cells():
     plan = build_plan(PROFILES["tiny"])
     plain = [t for t in plan.tasks if t.strength_from is None]
-    done = {t.cell.key() for t in plain[:3]}
+    done = plan.stored_ids({t.cell.key() for t in plain[:3]})
+    assert done == {t.id for t in plain[:3]}
     assert plan.estimate_remaining_s(set()) == pytest.approx(plan.estimate_total_s())
     assert plan.estimate_remaining_s(done) == pytest.approx(
         plan.estimate_total_s() - sum(plan.estimate_s(t.cell) for t in plain[:3]))
     searched = [t for t in plan.tasks if t.strength_from is not None]
-    assert searched, "tiny searches a strength: its tasks count as to do whatever is stored"
-    assert plan.estimate_remaining_s({t.cell.key() for t in plan.tasks}) == pytest.approx(
+    assert searched, "tiny searches a strength: its tasks are not known to be done from their keys alone"
+    assert plan.estimate_remaining_s(plan.stored_ids({t.cell.key() for t in plan.tasks})) == pytest.approx(
         sum(plan.estimate_s(t.cell) for t in searched) + sum(plan.estimate_s(s.cell) for s in plan.searches))
 
 

@@ -8,6 +8,7 @@ import pytest
 from gradguard.experiments import cells
 from gradguard.experiments.plan import build_plan
 from gradguard.experiments.profiles import PROFILES
+from gradguard.experiments.report import build_report
 from gradguard.experiments.reproduce import reproduce
 from gradguard.experiments.runner import CellRunner
 from gradguard.experiments.stats import mean_ci, merge_attack_results, paired_difference
@@ -75,6 +76,11 @@ def test_a_partly_finished_multi_seed_run_resumes_without_recomputing_and_merges
         reproduce(runner, TWO_SEEDS)
     stored_before = {cell.key for cell in ResultStore(tmp_path).cells()}
     assert set(computed) <= stored_before, "the three computed cells were stored before the interruption"
+    partial = ResultStore(tmp_path).meta("plan")
+    shown = entries(partial, "attack") + entries(partial, "train")
+    assert partial["partial"]["done"] == 3 and 0 < partial["partial"]["shown"] < 3, partial["partial"]
+    assert shown and all(e["seeds"] == [0, 1] for e in shown), "an entry is reported only once both seeds are in"
+    build_report(tmp_path)  # pairs and merges seeds: an entry with one seed of two would not compare
 
     monkeypatch.setattr(cells, "compute", lambda cell, root: compute(cell, root))
     with CellRunner(ResultStore(tmp_path)) as runner:

@@ -102,11 +102,12 @@ def _dry_run(args, plan) -> None:
     from ..experiments.store import ResultStore
 
     path = args.out / ResultStore.FILENAME
-    stored = {c.key for c in ResultStore(args.out).cells()} if path.is_file() else set()
+    stored = ResultStore(args.out).keys() if path.is_file() else set()
     for line in describe_plan(plan, stored):
         print(line)
     print(f"{plan.size} units ({len(plan.tasks)} cells, {len(plan.searches)} searches); about "
-          f"{plan.estimate_remaining_s(stored) / 60 / args.jobs:.0f} min left with --jobs {args.jobs} on 2 CPU cores "
+          f"{plan.estimate_remaining_s(plan.stored_ids(stored)) / 60 / args.jobs:.0f} min left with --jobs {args.jobs} "
+          f"on 2 CPU cores "
           f"(a fresh run: {plan.estimate_total_s() / 60 / args.jobs:.0f} min)")
 
 
@@ -126,11 +127,12 @@ def _reproduce(args, profile) -> Path | None:
         store = _open_store(args.out, args)
         start = time.perf_counter()
         with _progress() as progress, _runner(args, store, progress, plan) as runner:
-            stored = runner.stored_count(plan)
+            done = runner.stored_units(plan)
+            stored = len(done)
             console.print(f"[bold]{profile.name}[/]: {', '.join(profile.datasets)} -> {args.out} "
                           f"({plan.size} units: {plan_counts(plan)}; {stored} already done, from the "
                           f"{store.count()} cells stored; about "
-                          f"{plan.estimate_remaining_s({c.key for c in store.cells()}) / 60 / args.jobs:.0f} min "
+                          f"{plan.estimate_remaining_s(done) / 60 / args.jobs:.0f} min "
                           f"left with --jobs {args.jobs} on 2 CPU cores, a fresh run "
                           f"{plan.estimate_total_s() / 60 / args.jobs:.0f} min)")
             reproduce(runner, profile)

@@ -182,9 +182,10 @@ class Defense(ABC):
         """The server-side compensator for this defense, or None when the plain average is best."""
         return None
 
-    def costly_steps(self, local_steps: int) -> int:
-        """Of a client's ``local_steps`` in one training round, how many pay this defense's own
-        cost (a run's duration estimate multiplies it by the cost model's per-step seconds)."""
+    def costly_steps(self, local_steps: int, batch_size: int = 32) -> float:
+        """Of a client's ``local_steps`` in one training round (batches of ``batch_size``), how
+        many pay this defense's own cost, or its equivalent in full steps (a run's duration
+        estimate multiplies it by the cost model's per-step seconds)."""
         return local_steps
 
     def noise_model(self, batch_size: int = 1) -> NoiseModel | None:

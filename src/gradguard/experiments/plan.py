@@ -81,7 +81,7 @@ class Plan:
             train = cell.train
             clients_rounds = train.rounds * max(1, round(train.clients * train.fraction))
             steps = train.local_steps or 10
-            defended = Defense.from_config(cell.defense, **cell.defense_options).costly_steps(steps)
+            defended = Defense.from_config(cell.defense, **cell.defense_options).costly_steps(steps, train.batch_size)
             defense_s = costs.defense_step_s.get(cell.defense, 0.0)
             return clients_rounds * (steps * costs.client_step_s + defended * defense_s)
         if isinstance(cell, SearchCell):
@@ -91,12 +91,16 @@ class Plan:
     def estimate_total_s(self) -> float:
         return sum(self.estimate_s(t.cell) for t in self.tasks) + sum(self.estimate_s(s.cell) for s in self.searches)
 
-    def estimate_remaining_s(self, stored: set[str]) -> float:
-        """Core-seconds of the units whose cells are not among the ``stored`` keys (a task whose
-        strength comes from a search counts as to do: its cell is known only after the search)."""
-        return (sum(self.estimate_s(t.cell) for t in self.tasks
-                    if t.strength_from is not None or t.cell.key() not in stored)
-                + sum(self.estimate_s(s.cell) for s in self.searches if s.cell.key() not in stored))
+    def estimate_remaining_s(self, done: set[str]) -> float:
+        """Core-seconds of the units (tasks and searches) whose ids are not in ``done``."""
+        return (sum(self.estimate_s(t.cell) for t in self.tasks if t.id not in done)
+                + sum(self.estimate_s(s.cell) for s in self.searches if s.id not in done))
+
+    def stored_ids(self, stored: set[str]) -> set[str]:
+        """Ids of the units whose cell key is among ``stored``, without resolving searches (a task
+        whose strength comes from a search is not known to be done)."""
+        return ({t.id for t in self.tasks if t.strength_from is None and t.cell.key() in stored}
+                | {s.id for s in self.searches if s.cell.key() in stored})
 
     def validate(self) -> None:
         """Build every defense, attack and training configuration the plan will run, and read

@@ -11,7 +11,7 @@ checked against the registries when the plan is built (:meth:`Profile.check_name
 main job); ``paper`` runs every defense on the paper's datasets at the strengths calibrated on
 ``mnist-sample`` (a test on data the strengths were not chosen on), converged, 16 targets x 3
 seeds, at initialisation and after training; ``compare`` is its 4-target, one-seed, 30-round
-check (about 30 minutes); examples/profiles/paper-search.json searches each strength instead;
+check (about half an hour); examples/profiles/paper-search.json searches each strength instead;
 ``security`` runs the default against every attack; ``tiny`` exists for the test suite. A
 profile can also be read from a JSON or TOML file with the same fields (:func:`load_profile`).
 """
@@ -68,11 +68,11 @@ class Verdict(BaseModel):
 
 
 class CostModel(BaseModel):
-    """Seconds per unit of work on one core of the 2-core development machine (LeNet; measured
-    from the ``paper`` run's cells), for the duration estimate of a plan. A local step took 3-7 ms
-    in the converged training cells (one thread per worker, two workers); Soteria's per-step cost
-    is its ranking of a batch of 32 (0.4-1.1 s on the grey datasets, 3 s on CIFAR-10), DP-SGD's
-    its per-sample gradients (8-10 ms)."""
+    """Seconds per unit of work on one core of the 2-core development machine (LeNet), for the
+    duration estimate of a plan. A local step took 3-7 ms in the converged training cells of
+    examples/profiles/converged-accuracy.json (one thread per worker, two workers); Soteria's
+    per-step cost is its ranking of a batch of 32 (1.1 s here, a compromise: about 0.4-1.1 s on
+    the grey datasets, 3 s on CIFAR-10), DP-SGD's its per-sample gradients (8-10 ms)."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 

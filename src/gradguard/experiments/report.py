@@ -152,9 +152,10 @@ def _build(folder: Path, store: ResultStore) -> Path:
         raise GradguardError(f"report: the store in {folder} holds no finished reproduction or sweep yet")
     tables = explain_terms(tables)
     partial = (plan or {}).get("partial")
-    if partial:  # an unfinished (interrupted or running) reproduction: say so above every table
-        note = (f"partial run: {partial['done']} of {partial['of']} cells finished; every mean, interval and worst "
-                f"case covers the finished cells only (rerun the same reproduce command to finish)")
+    if partial and partial["done"] < partial["of"]:  # an unfinished reproduction: said above every table
+        note = (f"partial run: {partial['done']} of {partial['of']} table cells finished; shown are the entries "
+                f"whose every seed is finished, and every worst case covers those only (rerun the same "
+                f"reproduce command to finish)")
         tables = [replace(t, notes=(note, *t.notes)) for t in tables]
     for index, table in enumerate(tables):
         table.write_csv(out / f"table{index + 1}.csv")

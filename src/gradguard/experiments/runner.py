@@ -15,6 +15,7 @@ import itertools
 import os
 import threading
 import time
+from collections import Counter
 from collections.abc import Callable, Generator
 from concurrent.futures import FIRST_COMPLETED, Executor, Future, ProcessPoolExecutor, wait
 from dataclasses import dataclass, field
@@ -203,6 +204,8 @@ class _Run:
         self.resolved: list[dict[str, Any]] = []
         self.dependents: dict[str, list[Task]] = {}
         self.counted = runner.stored_units(plan)  # reported as cached: counted before the run
+        self._order: dict[str, int] | None = None  # for progress: task id -> plan position
+        self._seeds: Counter[tuple] = Counter()  # for progress: an entry's labels -> its seed count
 
     # -- requests --
 
@@ -325,13 +328,19 @@ class _Run:
         return {"tasks": self.resolved, "strengths": self.strengths}
 
     def progress(self) -> None:
-        """Hand the plan resolved so far to ``on_progress`` (in plan order)."""
+        """Hand the plan resolved so far to ``on_progress``, in plan order: the entries whose every
+        seed is finished (the tables merge an entry's seeds and pair them across defenses, so an
+        entry with some seeds missing would be compared with others that have them all)."""
         if self.on_progress is None:
             return
-        order = {t.id: i for i, t in enumerate(self.plan.tasks)}
-        self.on_progress({"tasks": sorted(self.resolved, key=lambda e: order[e["id"]]),
+        if self._order is None:
+            self._order = {t.id: i for i, t in enumerate(self.plan.tasks)}
+            self._seeds = Counter(_entry_of({**t.labels, "role": t.role}) for t in self.plan.tasks)
+        finished = Counter(_entry_of(e) for e in self.resolved)
+        whole = [e for e in self.resolved if finished[_entry_of(e)] == self._seeds[_entry_of(e)]]
+        self.on_progress({"tasks": sorted(whole, key=lambda e: self._order[e["id"]]),  # type: ignore[index]
                           "strengths": dict(self.strengths),
-                          "partial": {"done": len(self.resolved), "of": len(self.plan.tasks)}})
+                          "partial": {"done": len(self.resolved), "of": len(self.plan.tasks), "shown": len(whole)}})
 
     def _finish(self, key: str, result: dict[str, Any], seconds: float, device: str | None = None) -> None:
         self.runner._store(self.cells.pop(key), result, seconds, device)
@@ -339,3 +348,7 @@ class _Run:
             then(result)
         self.progress()
 
+
+def _entry_of(labels: dict[str, Any]) -> tuple:
+    """A task's table entry: its labels but the seed (and the id and key that differ per seed)."""
+    return tuple(sorted((k, str(v)) for k, v in labels.items() if k not in ("seed", "id", "key")))

@@ -177,6 +177,10 @@ class ResultStore:
             self._query(query + " ORDER BY rowid")
         return [self._cell(row) for row in rows]
 
+    def keys(self) -> set[str]:
+        """Every stored cell's key (without decoding any result)."""
+        return {row[0] for row in self._query("SELECT key FROM cells")}
+
     def count(self) -> int:
         return self._query("SELECT COUNT(*) FROM cells")[0][0]
 
