@@ -106,9 +106,8 @@ def _dry_run(args, plan) -> None:
     for line in describe_plan(plan, stored):
         print(line)
     print(f"{plan.size} units ({len(plan.tasks)} cells, {len(plan.searches)} searches); about "
-          f"{plan.estimate_remaining_s(plan.stored_ids(stored)) / 60 / args.jobs:.0f} min left with --jobs {args.jobs} "
-          f"on 2 CPU cores "
-          f"(a fresh run: {plan.estimate_total_s() / 60 / args.jobs:.0f} min)")
+          f"{plan.estimate_remaining_s(plan.stored_ids(stored)) / 60 / args.jobs:.0f} min left with --jobs "
+          f"{args.jobs} on 2 CPU cores (a fresh run: {plan.estimate_total_s() / 60 / args.jobs:.0f} min)")
 
 
 def _reproduce(args, profile) -> Path | None:

@@ -30,7 +30,7 @@ from .executors import RayExecutor, check_executor
 from .plan import Plan, Task
 from .search import SearchResult, bisection
 from .store import ResultStore
-from .tables import WorstCase, worst_case
+from .tables import WorstCase, entry_labels, worst_case
 
 
 def _compute(cell: Cell, data_root: str | None, threads: int,
@@ -204,8 +204,9 @@ class _Run:
         self.resolved: list[dict[str, Any]] = []
         self.dependents: dict[str, list[Task]] = {}
         self.counted = runner.stored_units(plan)  # reported as cached: counted before the run
-        self._order: dict[str, int] | None = None  # for progress: task id -> plan position
-        self._seeds: Counter[tuple] = Counter()  # for progress: an entry's labels -> its seed count
+        self.position = {t.id: i for i, t in enumerate(plan.tasks)}  # task id -> its place in the plan
+        # for progress: how many seeds (tasks) each table entry has
+        self.seeds = Counter(entry_labels({**t.labels, "role": t.role}) for t in plan.tasks)
 
     # -- requests --
 
@@ -323,8 +324,7 @@ class _Run:
                     self._finish(self.running.pop(future), *future.result())
         missing = [s.id for s in self.plan.searches if s.id not in self.strengths]
         assert not missing and len(self.resolved) == len(self.plan.tasks), (missing, len(self.resolved))
-        order = {t.id: i for i, t in enumerate(self.plan.tasks)}
-        self.resolved.sort(key=lambda e: order[e["id"]])
+        self.resolved.sort(key=lambda e: self.position[e["id"]])
         return {"tasks": self.resolved, "strengths": self.strengths}
 
     def progress(self) -> None:
@@ -333,12 +333,9 @@ class _Run:
         entry with some seeds missing would be compared with others that have them all)."""
         if self.on_progress is None:
             return
-        if self._order is None:
-            self._order = {t.id: i for i, t in enumerate(self.plan.tasks)}
-            self._seeds = Counter(_entry_of({**t.labels, "role": t.role}) for t in self.plan.tasks)
-        finished = Counter(_entry_of(e) for e in self.resolved)
-        whole = [e for e in self.resolved if finished[_entry_of(e)] == self._seeds[_entry_of(e)]]
-        self.on_progress({"tasks": sorted(whole, key=lambda e: self._order[e["id"]]),  # type: ignore[index]
+        finished = Counter(entry_labels(e) for e in self.resolved)
+        whole = [e for e in self.resolved if finished[entry_labels(e)] == self.seeds[entry_labels(e)]]
+        self.on_progress({"tasks": sorted(whole, key=lambda e: self.position[e["id"]]),
                           "strengths": dict(self.strengths),
                           "partial": {"done": len(self.resolved), "of": len(self.plan.tasks), "shown": len(whole)}})
 
@@ -347,8 +344,3 @@ class _Run:
         for then in self.waiting.pop(key):
             then(result)
         self.progress()
-
-
-def _entry_of(labels: dict[str, Any]) -> tuple:
-    """A task's table entry: its labels but the seed (and the id and key that differ per seed)."""
-    return tuple(sorted((k, str(v)) for k, v in labels.items() if k not in ("seed", "id", "key")))

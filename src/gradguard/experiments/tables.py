@@ -57,6 +57,12 @@ def attack_label(entry: dict[str, Any]) -> str:
     return f"{label} @ trained" if entry.get("moment") == "trained" else label
 
 
+def entry_labels(task: dict[str, Any]) -> tuple:
+    """The table entry a plan task fills: its labels but those that differ per seed (the seed,
+    its task id and cell key); the seeds of one entry are merged."""
+    return tuple((k, v) for k, v in task.items() if k not in ("seed", "key", "id"))
+
+
 def entries(plan: dict[str, Any], role: str, adaptive: bool | None = None) -> list[dict[str, Any]]:
     """The plan's entries of one role; for attacks, only plain (False) or only adaptive (True) ones.
     The seeds of a multi-seed run are one entry: its ``keys`` are the cells of every seed, in seed
@@ -66,8 +72,7 @@ def entries(plan: dict[str, Any], role: str, adaptive: bool | None = None) -> li
         chosen = [e for e in chosen if bool(e.get("adaptive")) == adaptive]
     grouped: dict[tuple, list[dict[str, Any]]] = {}
     for entry in chosen:
-        labels = tuple((k, v) for k, v in entry.items() if k not in ("seed", "key", "id"))
-        grouped.setdefault(labels, []).append(entry)
+        grouped.setdefault(entry_labels(entry), []).append(entry)
     merged = []
     for group in grouped.values():
         group = sorted(group, key=lambda e: e.get("seed") or 0)
