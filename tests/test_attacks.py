@@ -233,6 +233,50 @@ def test_batched_equals_one_by_one(data, lenet, name, options, dtype, atol):
         assert a.matching_loss == pytest.approx(b.matching_loss, rel=1e-3, abs=1e-6)
 
 
+@pytest.mark.parametrize("name, options, dtype, atol", [
+    ("dlg", {"iterations": 2, "lbfgs_max_iter": 3}, torch.float64, 1e-6),
+    ("gia", {"iterations": 30, "restarts": 2}, torch.float32, 2e-3),
+    ("gia", {"iterations": 30, "distance": "l1"}, torch.float32, 2e-3),
+])
+def test_batched_with_a_mask_and_scale_per_target_equals_one_by_one(data, lenet, name, options, dtype, atol):
+    """What an adaptive attacker prepares differs per target: its mute mask (here one target
+    mutes a whole tensor, one a random half of the elements, one nothing) and its likelihood's
+    scale. Matched together, each target gets exactly its own objective."""
+    index = first_of_each_class(data, [1, 3, 6])
+    model = copy.deepcopy(lenet).to(dtype)
+    observed = gradients(model, data.x_train[index].to(dtype), data.y_train[index])
+    sizes = [g.numel() for g in observed[0]]
+    whole = torch.zeros(sum(sizes), dtype=torch.bool)
+    whole[:sizes[0]] = True  # the first conv's weight, muted only for target 0
+    half = torch.rand(sum(sizes), generator=torch.Generator().manual_seed(0)) < 0.5
+    masks, scales = [whole, half, None], [0.5, 3.0, 1.0]
+    attack = Attack.from_config(name, **options)
+    together = attack.reconstruct_many(model, observed, (1, 28, 28), 1, generator=torch.Generator().manual_seed(2),
+                                       mute_masks=masks, distance_scales=scales)
+    gen = torch.Generator().manual_seed(2)
+    scale = attack.config.distance_scale
+    alone = [Attack(attack.config.model_copy(update={"mute_mask": m, "distance_scale": s * scale}))
+             .reconstruct(model, o, (1, 28, 28), 1, generator=gen) for o, m, s in zip(observed, masks, scales)]
+    for a, b in zip(together, alone):
+        torch.testing.assert_close(a.images, b.images, atol=atol, rtol=0)
+        assert torch.equal(a.labels, b.labels)
+        assert a.matching_loss == pytest.approx(b.matching_loss, rel=1e-3, abs=1e-6)
+    unmasked = attack.reconstruct_many(model, observed, (1, 28, 28), 1, generator=torch.Generator().manual_seed(2))
+    assert not torch.allclose(unmasked[0].images, together[0].images, atol=atol)  # the mask did act
+
+
+def test_per_target_masks_and_scales_are_checked(data, lenet):
+    observed = gradients(lenet, data.x_train[:2], data.y_train[:2])
+    attack = Attack.from_config("gia", iterations=1)
+    with pytest.raises(ConfigError, match="1 mute masks for 2 targets"):
+        attack.reconstruct_many(lenet, observed, (1, 28, 28), 1, mute_masks=[None])
+    with pytest.raises(ConfigError, match="distance_scales needs one number > 0"):
+        attack.reconstruct_many(lenet, observed, (1, 28, 28), 1, distance_scales=[1.0, 0.0])
+    everything = torch.ones(sum(g.numel() for g in observed[0]), dtype=torch.bool)
+    with pytest.raises(ConfigError, match="nothing is left to match"):
+        attack.reconstruct_many(lenet, observed, (1, 28, 28), 1, mute_masks=[None, everything])
+
+
 def test_gia_keeps_images_in_the_box_and_uses_idlg_labels(data, lenet):
     index = first_of_each_class(data, [4])
     observed = gradients(lenet, data.x_train[index], data.y_train[index])[0]

@@ -18,7 +18,7 @@ from ..grads import Gradient, param_names, trainable_parameters
 from ..rng import make_generator
 from .config import AttackConfig
 from .labels import idlg_labels, last_linear
-from .matching import GradientMatcher, matching_weights
+from .matching import GradientMatcher, matching_weights, per_target_weights
 from .optimizers import OPTIMIZERS
 
 Progress = Callable[[int, Tensor], None] | None
@@ -62,7 +62,9 @@ class Attack:
 
     def reconstruct_many(self, model: nn.Module, observed: Sequence[Gradient], image_shape: Sequence[int],
                          batch_size: int, labels: Sequence[Tensor] | None = None, *,
-                         generator: torch.Generator | None = None, progress: Progress = None) -> list[Reconstruction]:
+                         generator: torch.Generator | None = None, progress: Progress = None,
+                         mute_masks: Sequence[Tensor | None] | None = None,
+                         distance_scales: Sequence[float] | None = None) -> list[Reconstruction]:
         """Reconstruct several independent batches (targets) in one vectorised optimisation.
 
         Each observed gradient gets ``restarts`` independent runs; the run with the lowest
@@ -70,6 +72,11 @@ class Attack:
         ``generator``, so attacking targets together or one after another with the same
         generator gives the same result. ``progress(iteration, distances)`` is called after
         every iteration with the current gradient distance of every run.
+
+        ``mute_masks`` and ``distance_scales`` (one per target) are what an adaptive attacker
+        prepares for each target: target k is matched as an attack whose config has
+        ``mute_mask`` = ``mute_masks[k]`` (or-ed with the config's own) and
+        ``distance_scale`` times ``distance_scales[k]`` would match it alone.
         """
         config = self.config
         names = param_names(model)
@@ -78,7 +85,23 @@ class Attack:
         restarts, images_count = config.restarts, len(observed)
         stacked = [torch.stack([obs[i].detach() for obs in observed]).repeat_interleave(restarts, 0)
                    for i in range(len(reference))]
-        weights = matching_weights(names, [p.shape for p in reference], config)
+        shapes = [p.shape for p in reference]
+        if mute_masks is None:
+            weights = matching_weights(names, shapes, config)
+        else:
+            if len(mute_masks) != images_count:
+                raise ConfigError(f"attack: {len(mute_masks)} mute masks for {images_count} targets")
+            own = config.mute_mask
+            weights = per_target_weights(
+                [matching_weights(names, shapes, config if mask is None else config.model_copy(
+                    update={"mute_mask": mask if own is None else mask | own})) for mask in mute_masks],
+                shapes, restarts)
+        scales = None
+        if distance_scales is not None:
+            if len(distance_scales) != images_count or min(distance_scales) <= 0:
+                raise ConfigError(f"attack: distance_scales needs one number > 0 per target ({images_count}), "
+                                  f"got {list(distance_scales)}")
+            scales = torch.tensor(distance_scales, dtype=torch.float64).repeat_interleave(restarts)
         hard = self._hard_labels(model, reference, observed, batch_size, labels)
         generator = generator if generator is not None else make_generator(None, "attack")  # OS entropy
         classes = last_linear(model).out_features
@@ -91,7 +114,7 @@ class Attack:
                 label_vars.append(torch.randn(batch_size, classes, generator=generator, dtype=dtype,
                                               device=generator.device).to(device))
         init_labels = torch.stack(label_vars) if hard is None else hard.repeat_interleave(restarts, 0)
-        matcher = GradientMatcher(model, stacked, weights, config)
+        matcher = GradientMatcher(model, stacked, weights, config, scales)
         images, label_state = OPTIMIZERS[config.optimizer](matcher, torch.stack(starts), init_labels, config, progress)
         _, distances = matcher.objective(images, label_state)
         if not bool(torch.isfinite(distances).all()):

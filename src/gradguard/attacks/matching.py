@@ -67,6 +67,36 @@ def _apply_element_mask(weights: list[Weight], shapes, mask: Tensor) -> list[Wei
     return out
 
 
+def per_target_weights(per_target: Sequence[Sequence[Weight]], shapes: Sequence[torch.Size],
+                       repeat: int = 1) -> list[Weight]:
+    """One weight per gradient tensor from each target's own weights (``matching_weights`` of its
+    mute mask): a tensor every target mutes stays None (not differentiated), one all targets
+    weigh alike keeps that weight, any other gets a leading target axis (each target's weight,
+    0 where it mutes), each repeated ``repeat`` times (its restarts). Matching with these weights
+    is matching each target alone with its own, since the objective is a sum over targets."""
+    out: list[Weight] = []
+    for i, shape in enumerate(shapes):
+        column = [weights[i] for weights in per_target]
+        first = column[0]
+        if all(w is None for w in column):
+            out.append(None)
+        elif isinstance(first, float) and all(isinstance(w, float) and w == first for w in column):
+            out.append(first)
+        else:
+            dense = [torch.zeros(shape) if w is None else torch.full(shape, w) if isinstance(w, float) else w
+                     for w in column]
+            out.append(torch.stack(dense).repeat_interleave(repeat, 0))
+    return out
+
+
+def _rows(weights: Sequence[Weight], observed: Sequence[Tensor], rows: Tensor | None) -> list[Weight]:
+    """The weights of the targets in ``rows``: a weight with a target axis (one more dimension
+    than the gradient tensor) is indexed; a shared one is kept."""
+    if rows is None:
+        return list(weights)
+    return [w[rows] if isinstance(w, Tensor) and w.dim() == o.dim() else w for w, o in zip(weights, observed)]
+
+
 def _total(terms: Iterable[Tensor]) -> Tensor:
     """``sum(terms)`` in the same order, typed as a tensor (``sum`` starts from the int 0)."""
     return functools.reduce(operator.add, terms)
@@ -88,7 +118,8 @@ class L2Distance:
 
     def __call__(self, trial: Sequence[Tensor], rows: Tensor | None = None) -> Tensor:
         observed = self.observed if rows is None else [o[rows] for o in self.observed]
-        return _total(_weighted_sum((t - o).square(), w) for t, o, w in zip(trial, observed, self.weights))
+        weights = _rows(self.weights, self.observed, rows)
+        return _total(_weighted_sum((t - o).square(), w) for t, o, w in zip(trial, observed, weights))
 
 
 class L1Distance(L2Distance):
@@ -96,7 +127,8 @@ class L1Distance(L2Distance):
 
     def __call__(self, trial: Sequence[Tensor], rows: Tensor | None = None) -> Tensor:
         observed = self.observed if rows is None else [o[rows] for o in self.observed]
-        return _total(_weighted_sum((t - o).abs(), w) for t, o, w in zip(trial, observed, self.weights))
+        weights = _rows(self.weights, self.observed, rows)
+        return _total(_weighted_sum((t - o).abs(), w) for t, o, w in zip(trial, observed, weights))
 
 
 class CosineDistance:
@@ -110,8 +142,9 @@ class CosineDistance:
     def __call__(self, trial: Sequence[Tensor], rows: Tensor | None = None) -> Tensor:
         observed = self.observed if rows is None else [o[rows] for o in self.observed]
         observed_norm = self.observed_norm if rows is None else self.observed_norm[rows]
-        dot = _total(_weighted_sum(t * o, w) for t, o, w in zip(trial, observed, self.weights))
-        trial_norm = _total(_weighted_sum(t.square(), w) for t, w in zip(trial, self.weights)).sqrt()
+        weights = _rows(self.weights, self.observed, rows)
+        dot = _total(_weighted_sum(t * o, w) for t, o, w in zip(trial, observed, weights))
+        trial_norm = _total(_weighted_sum(t.square(), w) for t, w in zip(trial, weights)).sqrt()
         return 1.0 - dot / (trial_norm * observed_norm).clamp_min(1e-30)
 
 
@@ -136,7 +169,10 @@ class GradientMatcher:
     """The objective of T targets: distance(gradient of the dummy batch, observed) + TV.
 
     ``observed`` holds one tensor per parameter with a leading target axis; ``weights`` comes
-    from :func:`matching_weights`. Muted tensors are neither differentiated nor compared.
+    from :func:`matching_weights` (shared by the targets) or :func:`per_target_weights`. Muted
+    tensors are neither differentiated nor compared. ``scales`` (T,), when given, multiplies
+    each target's distance on top of ``config.distance_scale`` (a likelihood's scale that
+    depends on the target's kept elements).
 
     The matcher works on its own copy of the model whose BatchNorm layers do not track running
     statistics: in train mode they still normalise with batch statistics (the same outputs and
@@ -144,7 +180,8 @@ class GradientMatcher:
     the caller's model must not see and which function transforms cannot batch.
     """
 
-    def __init__(self, model: nn.Module, observed: Sequence[Tensor], weights: Sequence[Weight], config: AttackConfig):
+    def __init__(self, model: nn.Module, observed: Sequence[Tensor], weights: Sequence[Weight], config: AttackConfig,
+                 scales: Tensor | None = None):
         self.model = copy.deepcopy(model)
         for module in self.model.modules():
             if is_batchnorm(module):
@@ -155,6 +192,7 @@ class GradientMatcher:
         kept_weights = [w.to(observed[i]) if isinstance(w, Tensor) else w for i, w in enumerate(weights) if i in kept]
         self.distance = DISTANCES[config.distance]([observed[i] for i in kept], kept_weights)
         self.distance_scale = config.distance_scale
+        self.scales = None if scales is None else scales.to(observed[0])
         self.tv_weight = config.tv_weight
         self.kept_params = [named[i][1] for i in kept]
         self.kept = {named[i][0]: named[i][1].detach() for i in kept}
@@ -182,6 +220,8 @@ class GradientMatcher:
         distance = self.distance(self.parameter_gradients(images, labels), rows)
         if self.distance_scale != 1.0:
             distance = distance * self.distance_scale
+        if self.scales is not None:
+            distance = distance * (self.scales if rows is None else self.scales[rows])
         if self.tv_weight:
             return distance + self.tv_weight * total_variation(images), distance
         return distance, distance
