@@ -128,6 +128,32 @@ def test_soteria_per_round_mask_reuses_the_first_steps_pruned_set_only_within_a_
     assert zeroed(x, round=4, client=1) == ranked["x"], "a gradient defended on its own always gets its own set"
 
 
+@pytest.mark.parametrize("mode", ["forward", "reverse"])
+def test_soteria_defends_rows_of_different_batches_in_one_ranking_as_row_by_row(small_lenet, mode):
+    """A learned inverter's training set: many gradients of different images through one model,
+    defended in one defend_rows call with one batched ranking; each row is pruned exactly as
+    defend prunes it alone (batches of 1 and of 2 samples, and a per-round row that must not
+    be ranked with the others)."""
+    model, x, y = small_lenet
+    other = torch.ones(2, 1, 16, 16)
+    batches = [(x[:1], y[:1]), (x[1:2], y[1:2]), (other, y[:2]), (x, y), (x[2:], y[2:])]
+    grads = [batch_gradient(model, bx, by) for bx, by in batches]
+    contexts = [DefenseContext(model=model, x=bx, y=by) for bx, by in batches]
+    contexts[-1] = DefenseContext(model=model, x=x[2:], y=y[2:], round=0, client=0, step=0)
+    rows = torch.stack([torch.cat([g.flatten() for g in row]) for row in grads])
+    for mask_per in ("batch", "round"):
+        defense = Defense.from_config("soteria", percentile=60, mode=mode, mask_per=mask_per)
+        together = defense.defend_rows(rows, grads[0], contexts)
+        alone = Defense.from_config("soteria", percentile=60, mode=mode, mask_per=mask_per)
+        expected = torch.stack([torch.cat([g.flatten() for g in alone.defend(row, c)])
+                                for row, c in zip(grads, contexts)])
+        assert torch.equal(together, expected)
+    fc = [i for i, p in enumerate(model.parameters()) if p is model.fc.weight][0]
+    zeroed = [set((Defense.from_config("soteria", percentile=60, mode=mode).defend(g, c)[fc] == 0).all(0)
+                  .nonzero().flatten().tolist()) for g, c in zip(grads, contexts)]
+    assert len({frozenset(z) for z in zeroed[:4]}) > 1, "the rows must rank differently for the test to mean anything"
+
+
 def test_soteria_rank_samples_ranks_a_round_on_the_first_samples_only(small_lenet):
     model, x, y = small_lenet
     assert len(x) >= 2

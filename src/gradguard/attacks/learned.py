@@ -201,17 +201,16 @@ class LearnedInversion(AdaptiveAttack):
         from ..defenses.base import DefenseContext
 
         rows = []
-        for start in range(0, len(x), 256):
+        for start in range(0, len(x), 256):  # one defend_rows call per 256 images: a ranking defense ranks them at once
             xs, ys = x[start:start + 256], y[start:start + 256]
             per_sample = _per_sample(model, xs, ys)
-            for i in range(len(xs)):
-                clean = [g[i] for g in per_sample]
-                one = (xs[i:i + 1], ys[i:i + 1])
-                generator = make_generator(self.settings["seed"], "lti-defense", draw, start + i)
-                context = DefenseContext(model=model, x=one[0], y=one[1], local_data=one, generator=generator,
-                                         client=draw)
-                rows.append(flatten(defense.defend(clean, context)))
-        return torch.stack(rows).float()
+            contexts = [DefenseContext(model=model, x=xs[i:i + 1], y=ys[i:i + 1], local_data=(xs[i:i + 1], ys[i:i + 1]),
+                                       generator=make_generator(self.settings["seed"], "lti-defense", draw, start + i),
+                                       client=draw)
+                        for i in range(len(xs))]
+            clean = torch.cat([g.flatten(1) for g in per_sample], 1)
+            rows.append(defense.defend_rows(clean, [g[0] for g in per_sample], contexts))
+        return torch.cat(rows).float()
 
     def _train(self, inverter: Inverter, model: nn.Module, defense: Defense, x: Tensor, y: Tensor) -> None:
         s = self.settings

@@ -31,6 +31,7 @@ update) always gets its own pruned set, so privacy is measured on the faithful d
 
 from __future__ import annotations
 
+import math
 import warnings
 from typing import Literal
 
@@ -41,7 +42,7 @@ from torch.func import jvp, vjp, vmap
 
 from ..errors import ConfigError
 from ..grads import eval_mode, trainable_parameters
-from .base import Defense, DefenseConfig, Strength, check_finite, register
+from .base import Defense, DefenseConfig, Strength, check_finite, check_rows, check_rows_finite, register
 
 
 class SoteriaConfig(DefenseConfig):
@@ -127,11 +128,46 @@ class Soteria(Defense):
 
     def feature_scores(self, model, x: Tensor) -> Tensor:
         """Per feature, sum over samples of ||d r_f / dx_j|| / (|r_f(x_j)| + eps)."""
+        return self.sample_ratios(model, x).sum(1)
+
+    def sample_ratios(self, model, x: Tensor) -> Tensor:
+        """(F, B): ||d r_f / dx_j|| / (|r_f(x_j)| + eps) of every feature f and sample j. In eval
+        mode a sample's features depend on that sample only, so a column is the same whichever
+        batch the sample is ranked in."""
         x = x.detach()
         with eval_mode(model):
             features = model.features(x).detach()
             norms = (self._forward_norms if self._forward(x, features) else self._reverse_norms)(model, x)
-        return (norms / (features.abs().T + self.config.eps)).sum(1)
+        return norms / (features.abs().T + self.config.eps)
+
+    def defend_rows(self, rows, like, contexts):
+        """Every row ranked on its own batch (``mask_per="batch"``, or ``step`` None: a gradient
+        defended on its own) through one model gets its scores from one ranking of all their
+        samples (:meth:`sample_ratios`), summed per row: what :meth:`defend` prunes, row by row,
+        for the cost of one batched ranking. A learned inverter's training set (thousands of
+        single images through one model) is ranked 256 images at a time instead of one by one,
+        which on LeNet is 20-40 times cheaper per image. Rows with a per-round pruned set, or
+        with different models, go through :meth:`defend`."""
+        check_rows(rows, contexts)
+        model = contexts[0].model if contexts else None
+        if (model is None or not hasattr(model, "features") or not hasattr(model, "fc")
+                or any(c.model is not model or c.x is None or (self.config.mask_per == "round" and c.step is not None)
+                       for c in contexts)):
+            return super().defend_rows(rows, like, contexts)
+        if not math.isfinite(float(rows.sum())):
+            check_rows_finite(rows, like, self.name)
+        batches = [c.x for c in contexts if c.x is not None]
+        ratios = self.sample_ratios(model, torch.cat(batches))
+        scores = torch.stack([part.sum(1) for part in ratios.split([len(b) for b in batches], dim=1)])
+        index = _fc_weight_index(model)
+        classes, features = like[index].shape
+        count = int(round(features * self.config.percentile / 100))
+        pruned = scores.argsort(dim=1, stable=True)[:, :count]  # (rows, count), as pruned_features per row
+        out = rows.clone()
+        offset = sum(t.numel() for t in like[:index])
+        weight = out[:, offset:offset + classes * features].view(len(out), classes, features)
+        weight.scatter_(2, pruned[:, None, :].expand(-1, classes, -1), 0.0)
+        return out
 
     def _forward(self, x: Tensor, features: Tensor) -> bool:
         if self.config.mode != "auto":
