@@ -218,6 +218,17 @@ def test_the_remaining_estimate_leaves_out_exactly_the_stored_cells():
         sum(plan.estimate_s(t.cell) for t in searched) + sum(plan.estimate_s(s.cell) for s in plan.searches))
 
 
+def test_a_learned_inverter_is_estimated_with_the_defense_of_its_training_images():
+    plan = build_plan(PROFILES["paper"])
+    lti = {t.cell.defense: t.cell for t in plan.tasks
+           if getattr(t.cell, "adaptive", None) == "lti" and t.cell.dataset == "mnist" and t.cell.seed == 0
+           and t.cell.pretrain is None}
+    costs = plan.costs
+    extra = plan.estimate_s(lti["soteria"]) - plan.estimate_s(lti["none"])
+    assert extra == pytest.approx(lti["soteria"].aux_images * costs.defense_step_s["soteria"] / 32)
+    assert plan.estimate_s(lti["graddefense"]) == pytest.approx(plan.estimate_s(lti["none"]))
+
+
 def test_missing_dataset_is_one_clear_error(tmp_path, capsys):
     code = run(["reproduce", "--profile", "paper", "--data-root", str(tmp_path), "--out", str(tmp_path / "run")])
     err = capsys.readouterr().err

@@ -85,6 +85,9 @@ class CostModel(BaseModel):
     adaptive_cell_s: dict[str, float] = Field(default_factory=lambda: {"lti": 60.0},
                                               description="an adaptive attack's own cost per cell (training a "
                                                           "learned inverter)")
+    defends_aux: list[str] = Field(default_factory=lambda: ["lti"],
+                                   description="adaptive attacks that pass each of their aux images through the "
+                                               "defense (a defense's cost per step / 32 per image)")
 
     def iteration_s(self, attack: str) -> float:
         return self.attack_iteration_s.get(attack, self.default_iteration_s)
