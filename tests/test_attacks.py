@@ -265,6 +265,46 @@ def test_batched_with_a_mask_and_scale_per_target_equals_one_by_one(data, lenet,
     assert not torch.allclose(unmasked[0].images, together[0].images, atol=atol)  # the mask did act
 
 
+@pytest.mark.parametrize("distance", ["l2", "l1", "cosine"])
+def test_a_distance_over_some_rows_is_the_full_distance_at_those_rows(distance):
+    """L-BFGS evaluates only the targets still running (``rows``): weights with a target axis
+    must be taken at those rows, shared ones as they are."""
+    from gradguard.attacks.matching import DISTANCES, per_target_weights
+
+    gen = torch.Generator().manual_seed(5)
+    shapes = [torch.Size([3, 4]), torch.Size([5])]
+    observed = [torch.randn(4, *shape, generator=gen) for shape in shapes]
+    trial = [torch.randn(4, *shape, generator=gen) for shape in shapes]
+    per_target = [[1.0, (torch.rand(5, generator=gen) < 0.5).float()], [1.0, None], [1.0, 2.0], [1.0, 2.0]]
+    weights = per_target_weights(per_target, shapes)
+    assert weights[0] == 1.0 and isinstance(weights[1], torch.Tensor) and weights[1].shape == (4, 5)
+    measure = DISTANCES[distance](observed, weights)
+    rows = torch.tensor([3, 0])
+    torch.testing.assert_close(measure([t[rows] for t in trial], rows), measure(trial)[rows])
+
+
+def test_adaptive_targets_with_different_engine_changes_keep_their_order_and_draws(data, lenet):
+    """Targets whose prepared configuration differs (here the distance) are inverted in runs of
+    consecutive equal ones, so the starts are still drawn target after target."""
+    from gradguard.attacks import Prepared
+    from gradguard.experiments.cells import _invert_prepared
+
+    index = first_of_each_class(data, [2, 5, 7])
+    x, y = data.x_train[index], data.y_train[index]
+    observed = gradients(lenet, x, y)
+    changes = [{"distance": "l1", "distance_scale": 2.0}, {}, {"distance": "l1"}]
+    prepared = [Prepared(g, overrides=c) for g, c in zip(observed, changes)]
+    attack = Attack.from_config("gia", iterations=10)
+    together = _invert_prepared(attack, lenet, prepared, [y[i:i + 1] for i in range(3)], (1, 28, 28), 1,
+                                torch.Generator().manual_seed(3))
+    gen = torch.Generator().manual_seed(3)
+    alone = [Attack(attack.config.model_copy(update=c)).reconstruct(lenet, g, (1, 28, 28), 1, labels=y[i:i + 1],
+                                                                    generator=gen)
+             for i, (g, c) in enumerate(zip(observed, changes))]
+    for a, b in zip(together, alone):
+        torch.testing.assert_close(a.images, b.images, atol=2e-3, rtol=0)
+
+
 def test_per_target_masks_and_scales_are_checked(data, lenet):
     observed = gradients(lenet, data.x_train[:2], data.y_train[:2])
     attack = Attack.from_config("gia", iterations=1)

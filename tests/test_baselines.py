@@ -138,10 +138,10 @@ def test_soteria_defends_rows_of_different_batches_in_one_ranking_as_row_by_row(
     other = torch.ones(2, 1, 16, 16)
     batches = [(x[:1], y[:1]), (x[1:2], y[1:2]), (other, y[:2]), (x, y), (x[2:], y[2:])]
     grads = [batch_gradient(model, bx, by) for bx, by in batches]
-    contexts = [DefenseContext(model=model, x=bx, y=by) for bx, by in batches]
-    contexts[-1] = DefenseContext(model=model, x=x[2:], y=y[2:], round=0, client=0, step=0)
+    alone_contexts = [DefenseContext(model=model, x=bx, y=by) for bx, by in batches]  # step None: its own set
+    per_round = alone_contexts[:-1] + [DefenseContext(model=model, x=x[2:], y=y[2:], round=0, client=0, step=0)]
     rows = torch.stack([torch.cat([g.flatten() for g in row]) for row in grads])
-    for mask_per in ("batch", "round"):
+    for mask_per, contexts in (("batch", alone_contexts), ("round", alone_contexts), ("round", per_round)):
         defense = Defense.from_config("soteria", percentile=60, mode=mode, mask_per=mask_per)
         together = defense.defend_rows(rows, grads[0], contexts)
         alone = Defense.from_config("soteria", percentile=60, mode=mode, mask_per=mask_per)
@@ -150,7 +150,7 @@ def test_soteria_defends_rows_of_different_batches_in_one_ranking_as_row_by_row(
         assert torch.equal(together, expected)
     fc = [i for i, p in enumerate(model.parameters()) if p is model.fc.weight][0]
     zeroed = [set((Defense.from_config("soteria", percentile=60, mode=mode).defend(g, c)[fc] == 0).all(0)
-                  .nonzero().flatten().tolist()) for g, c in zip(grads, contexts)]
+                  .nonzero().flatten().tolist()) for g, c in zip(grads, alone_contexts)]
     assert len({frozenset(z) for z in zeroed[:4]}) > 1, "the rows must rank differently for the test to mean anything"
 
 

@@ -94,7 +94,8 @@ class Attack:
             own = config.mute_mask
             weights = per_target_weights(
                 [matching_weights(names, shapes, config if mask is None else config.model_copy(
-                    update={"mute_mask": mask if own is None else mask | own})) for mask in mute_masks],
+                    update={"mute_mask": mask if own is None else mask | own.to(mask.device)}))
+                 for mask in mute_masks],
                 shapes, restarts)
         scales = None
         if distance_scales is not None:

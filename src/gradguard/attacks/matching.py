@@ -83,7 +83,9 @@ def per_target_weights(per_target: Sequence[Sequence[Weight]], shapes: Sequence[
         elif isinstance(first, float) and all(isinstance(w, float) and w == first for w in column):
             out.append(first)
         else:
-            dense = [torch.zeros(shape) if w is None else torch.full(shape, w) if isinstance(w, float) else w
+            like = next(w for w in column if isinstance(w, Tensor))  # its device and dtype for the fillers
+            dense = [torch.zeros(shape, dtype=like.dtype, device=like.device) if w is None
+                     else torch.full(shape, w, dtype=like.dtype, device=like.device) if isinstance(w, float) else w
                      for w in column]
             out.append(torch.stack(dense).repeat_interleave(repeat, 0))
     return out

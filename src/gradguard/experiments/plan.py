@@ -73,8 +73,9 @@ class Plan:
         costs = self.costs
         if isinstance(cell, AttackCell):
             own = costs.adaptive_cell_s.get(cell.adaptive, 0.0) if cell.adaptive else 0.0
-            if cell.adaptive in costs.defends_aux:  # one batch-32 step's defense cost per 32 images
-                own += cell.aux_images * costs.defense_step_s.get(cell.defense, 0.0) / 32
+            if cell.adaptive in costs.defends_aux:  # one batch-32 step's defense cost per 32 images it defends
+                aux = min(cell.aux_images, int(cell.adaptive_options.get("aux_images", cell.aux_images)))
+                own += aux * costs.defense_step_s.get(cell.defense, 0.0) / 32
             if cell.attack is None:
                 return own
             config = Attack.from_config(cell.attack, **cell.attack_overrides).config
