@@ -75,7 +75,7 @@ class Plan:
             own = costs.adaptive_cell_s.get(cell.adaptive, 0.0) if cell.adaptive else 0.0
             if cell.adaptive in costs.defends_aux:  # one batch-32 step's defense cost per 32 images it defends
                 aux = min(cell.aux_images, int(cell.adaptive_options.get("aux_images", cell.aux_images)))
-                own += aux * costs.defense_step_s.get(cell.defense, 0.0) / 32
+                own += aux * costs.defense_s(cell.defense, cell.dataset) / 32
             if cell.attack is None:
                 return own
             config = Attack.from_config(cell.attack, **cell.attack_overrides).config
@@ -85,7 +85,7 @@ class Plan:
             clients_rounds = train.rounds * max(1, round(train.clients * train.fraction))
             steps = train.local_steps or 10
             defended = Defense.from_config(cell.defense, **cell.defense_options).costly_steps(steps, train.batch_size)
-            defense_s = costs.defense_step_s.get(cell.defense, 0.0)
+            defense_s = costs.defense_s(cell.defense, cell.dataset)
             return clients_rounds * (steps * costs.client_step_s + defended * defense_s)
         if isinstance(cell, SearchCell):
             return (cell.steps + 2) * sum(self.estimate_s(probe) for probe in cell.probes)
