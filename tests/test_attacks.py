@@ -278,6 +278,9 @@ def test_a_distance_over_some_rows_is_the_full_distance_at_those_rows(distance):
     per_target = [[1.0, (torch.rand(5, generator=gen) < 0.5).float()], [1.0, None], [1.0, 2.0], [1.0, 2.0]]
     weights = per_target_weights(per_target, shapes)
     assert weights[0] == 1.0 and isinstance(weights[1], torch.Tensor) and weights[1].shape == (4, 5)
+    whole_or_nothing = per_target_weights([[None, 1.0], [1.0, 1.0]], shapes)  # a tensor muted in one target only
+    assert torch.equal(whole_or_nothing[0], torch.stack([torch.zeros(3, 4), torch.ones(3, 4)]))
+    assert whole_or_nothing[1] == 1.0
     measure = DISTANCES[distance](observed, weights)
     rows = torch.tensor([3, 0])
     torch.testing.assert_close(measure([t[rows] for t in trial], rows), measure(trial)[rows])

@@ -83,10 +83,12 @@ def per_target_weights(per_target: Sequence[Sequence[Weight]], shapes: Sequence[
         elif isinstance(first, float) and all(isinstance(w, float) and w == first for w in column):
             out.append(first)
         else:
-            like = next(w for w in column if isinstance(w, Tensor))  # its device and dtype for the fillers
-            dense = [torch.zeros(shape, dtype=like.dtype, device=like.device) if w is None
-                     else torch.full(shape, w, dtype=like.dtype, device=like.device) if isinstance(w, float) else w
-                     for w in column]
+            # the fillers take a mask's device and dtype (none: muted in some targets, a layer weight in others)
+            like = next((w for w in column if isinstance(w, Tensor)), None)
+            new = {"dtype": torch.get_default_dtype(), "device": None} if like is None else \
+                {"dtype": like.dtype, "device": like.device}
+            dense = [torch.zeros(shape, **new) if w is None else torch.full(shape, w, **new) if isinstance(w, float)
+                     else w for w in column]
             out.append(torch.stack(dense).repeat_interleave(repeat, 0))
     return out
 
