@@ -120,3 +120,38 @@ def test_clients_in_lockstep_train_exactly_as_one_at_a_time(tiny_mnist, monkeypa
     alone = simulate(config).final_state
     assert together.keys() == alone.keys()
     assert all(torch.equal(together[k], alone[k]) for k in together)
+
+
+def test_flat_parameters_moves_each_copy_into_its_row_and_refuses_mixed_dtypes():
+    from torch import nn
+
+    from gradguard.fl.clients import flat_parameters
+    from gradguard.grads import flatten, trainable_parameters
+
+    models = [nn.Sequential(nn.Linear(3, 4), nn.ReLU(), nn.Linear(4, 2)) for _ in range(3)]
+    models[0][0].bias.requires_grad_(False)  # a frozen tensor stays out of the matrix
+    for model in models[1:]:
+        model[0].bias.requires_grad_(False)
+    x = torch.randn(5, 3)
+    before = [model(x).detach() for model in models]
+    values = [flatten([p.detach() for p in trainable_parameters(m)]) for m in models]
+    flat = flat_parameters(models)
+    assert flat is not None and flat.shape == (3, 3 * 4 + 4 * 2 + 2)
+    for model, row, value, out in zip(models, flat, values, before):
+        assert torch.equal(row, value)  # the parameters' values, in flatten order
+        assert torch.equal(model(x), out)
+        assert all(p.is_leaf for p in trainable_parameters(model))
+    # a step on the matrix is a step of every model, and a step of a parameter shows in its row
+    with torch.no_grad():
+        flat[1].sub_(1.0)
+        models[2][2].bias.add_(5.0)
+    assert torch.equal(models[1][2].weight, (values[1][12:20] - 1.0).view(2, 4))
+    assert torch.equal(flat[2][-2:], values[2][-2:] + 5.0)
+    assert torch.equal(models[0][2].weight.detach().view(-1), values[0][12:20])
+    # gradients still reach the parameters
+    models[0](x).sum().backward()
+    assert models[0][0].weight.grad is not None and models[0][0].bias.grad is None
+    mixed = nn.Linear(2, 2)
+    mixed.bias.data = mixed.bias.data.double()
+    weight = mixed.weight
+    assert flat_parameters([mixed]) is None and mixed.weight is weight

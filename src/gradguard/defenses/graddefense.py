@@ -62,7 +62,7 @@ from .base import (
     register,
 )
 from .compensation import MarchenkoPastur, SpectralShrinkage
-from .rng import choose, generator_for, normal
+from .rng import choose, generator_for, normal, normal_into
 from .sensitivity import root_set, tensor_risks
 from .slicing import SliceLayout, check_slice_count, equal_bounds, group_bounds, risk_balanced_bounds
 
@@ -251,9 +251,9 @@ class GradDefense(Defense):
         for context in contexts[1:]:
             self._clients[context.client] = state
         flat = layout.pad(rows) if layout.padding else rows.clone()  # our own (n, P + padding)
-        generators = [self._memoized(row, context) if c.memoize else generator_for(context)
-                      for row, context in zip(flat, contexts)]
-        noise = torch.stack([normal(flat.shape[1], generator, flat, std=c.noise_std) for generator in generators])
+        noise = torch.empty_like(flat)  # row i: client i's draw, written in place
+        for row, out, context in zip(flat, noise, contexts):
+            normal_into(out, self._memoized(row, context) if c.memoize else generator_for(context), c.noise_std)
         if c.clip is None:
             out = noise.add_(flat)
         else:  # every slice of every client (a row of the (n * S, L) view) scaled to norm <= C at once

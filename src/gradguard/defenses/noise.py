@@ -17,10 +17,13 @@ from torch import Tensor
 
 from ..grads import flatten, unflatten
 from .base import Defense, DefenseConfig, NoiseModel, Strength, check_finite, check_rows, check_rows_finite, register
-from .rng import generator_for, laplace, normal
+from .rng import generator_for, laplace, laplace_into, normal, normal_into
 
 # draws of each distribution at a given scale: ``draw(count, generator, like, scale)``
 DRAWS: dict[str, Callable[[int, torch.Generator, Tensor, float], Tensor]] = {"gaussian": normal, "laplace": laplace}
+# the same draws written into a given row: ``fill(out, generator, scale)``
+FILLS: dict[str, Callable[[Tensor, torch.Generator, float], Tensor]] = {"gaussian": normal_into,
+                                                                         "laplace": laplace_into}
 
 
 class _NoiseConfig(DefenseConfig):
@@ -63,12 +66,15 @@ class _ElementNoise(Defense):
 
     def defend_rows(self, rows, like, contexts):
         """Every client's row at once: one finiteness check, one clip and one add over the
-        matrix; the noise is still one draw per client from its own generator."""
+        matrix; the noise is still one draw per client from its own generator, written into
+        that client's row of the result."""
         check_rows(rows, contexts)
         if not math.isfinite(float(rows.sum())):
             check_rows_finite(rows, like, self.name)
-        draw, scale, count = DRAWS[self.distribution], self._scale(), rows.shape[1]
-        noise = torch.stack([draw(count, generator_for(context), rows, scale) for context in contexts])
+        fill, scale = FILLS[self.distribution], self._scale()
+        noise = torch.empty_like(rows, memory_format=torch.contiguous_format)
+        for row, context in zip(noise, contexts):
+            fill(row, generator_for(context), scale)
         clip = self.config.clip
         if clip is None:
             return noise.add_(rows)

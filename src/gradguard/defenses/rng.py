@@ -26,6 +26,21 @@ def normal(count: int, generator: torch.Generator, like: Tensor, std: float = 1.
     return draws.to(device=like.device, dtype=like.dtype)
 
 
+def normal_into(out: Tensor, generator: torch.Generator, std: float = 1.0) -> Tensor:
+    """Fill ``out`` (a 1-D tensor) with exactly the draws ``normal(out.numel(), generator, out, std)``
+    returns, written in place where the generator, the default dtype and ``out`` allow it (no
+    new tensor and no second copy: a simulator fills each client's row of one noise matrix)."""
+    if (out.device == generator.device and out.dtype == torch.get_default_dtype() and out.dim() == 1
+            and out.is_contiguous()):
+        return out.normal_(0.0, std, generator=generator)
+    return out.copy_(normal(out.numel(), generator, out, std).view_as(out))
+
+
+def laplace_into(out: Tensor, generator: torch.Generator, scale: float = 1.0) -> Tensor:
+    """Fill ``out`` with the draws ``laplace(out.numel(), generator, out, scale)`` returns."""
+    return out.copy_(laplace(out.numel(), generator, out, scale).view_as(out))
+
+
 def laplace(count: int, generator: torch.Generator, like: Tensor, scale: float = 1.0) -> Tensor:
     """``count`` draws of the Laplace distribution of scale ``scale`` by inverting its CDF."""
     u = torch.rand(count, generator=generator, device=generator.device, dtype=torch.float64) - 0.5
