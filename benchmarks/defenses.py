@@ -9,7 +9,8 @@ Targets: graddefense <= 3% of the clients' training time, dp-gaussian <= 2%.
 
 Beside them, the floor that no reorganisation removes, per client and local step: one draw of
 P Gaussian numbers from torch's CPU generator (every noise defense draws them) and one keyed
-SHA-256 hash of the P float32 gradient (graddefense's memoised noise), each as a share of one
+BLAKE3 hash of the P float32 gradient seeding a generator (graddefense's memoised noise,
+``gradguard.rng.keyed_generator``), each as a share of one
 client's training step (a LeNet batch gradient and SGD step), timed in a loop right after a
 backward pass, as in training.
 
@@ -85,15 +86,14 @@ def floor(dataset_name: str, data_root: Path, clients: int = 10, repeats: int = 
     """The per-client-step cost of a Gaussian draw and of a keyed hash of the gradient, in
     percent of one client step (batch gradient + SGD update), timed as the simulator meets
     them: ``clients`` steps, then their ``clients`` draws (or hashes); medians over ``repeats``."""
-    import hmac
-
     from gradguard.grads import batch_gradient
     from gradguard.models import model_for
+    from gradguard.rng import SECRET_BYTES, keyed_generator
 
     dataset = load_dataset(dataset_name, data_root)
     model = model_for(dataset, "lenet", dlg_init=True)
     x, y = dataset.x_train[:32], dataset.y_train[:32]
-    generator, key = torch.Generator().manual_seed(0), bytes(16)
+    generator, key = torch.Generator().manual_seed(0), bytes(SECRET_BYTES)
 
     def steps() -> tuple[float, list[torch.Tensor]]:
         start, flats = time.perf_counter(), []
@@ -116,7 +116,7 @@ def floor(dataset_name: str, data_root: Path, clients: int = 10, repeats: int = 
         step.append(steps()[0])
         start = time.perf_counter()
         for flat in flats:
-            hmac.digest(key, flat.numpy().data, "sha256")
+            keyed_generator(key, flat.numpy().data)
         digest.append(time.perf_counter() - start)
     base = statistics.median(step)
     return {"parameters": len(flats[0]), "gaussian_draw_pct": round(100 * statistics.median(draw) / base, 2),

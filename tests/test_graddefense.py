@@ -272,7 +272,7 @@ def test_memoised_noise_repeats_for_the_same_gradient_and_is_independent_for_any
     # the secret is drawn once per client and appears in nothing the defense publishes
     assert set(defense._secrets) == {0, 1}
     for secret in defense._secrets.values():
-        assert len(secret) == 16
+        assert len(secret) == 32
         assert secret.hex() not in repr(defense) and secret.hex() not in str(defense.noise_model())
 
 

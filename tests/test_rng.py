@@ -37,14 +37,28 @@ def test_no_seed_means_os_entropy():
 
 
 def test_keyed_generator_depends_on_secret_and_data():
-    a = _draw(keyed_generator(b"k" * 16, b"data"))
-    assert torch.equal(a, _draw(keyed_generator(b"k" * 16, b"data")))
-    assert not torch.equal(a, _draw(keyed_generator(b"j" * 16, b"data")))
-    assert not torch.equal(a, _draw(keyed_generator(b"k" * 16, b"datb")))
+    a = _draw(keyed_generator(b"k" * 32, b"data"))
+    assert torch.equal(a, _draw(keyed_generator(b"k" * 32, b"data")))
+    assert not torch.equal(a, _draw(keyed_generator(b"j" * 32, b"data")))
+    assert not torch.equal(a, _draw(keyed_generator(b"k" * 32, b"datb")))
 
 
-def test_new_secret_is_16_bytes_reproducible_only_from_a_generator():
-    assert len(new_secret()) == 16 and new_secret() != new_secret()
+def test_keyed_generator_is_seeded_by_keyed_blake3_of_the_bytes_in_place():
+    import blake3
+
+    values = torch.tensor([1.5, -0.25, 3.0e-8], dtype=torch.float32)
+    raw = values.numpy().tobytes()
+    expected = int.from_bytes(blake3.blake3(raw, key=b"s" * 32).digest(8), "little") & (2**63 - 1)
+    assert keyed_generator(b"s" * 32, raw).initial_seed() == expected
+    # a float32 memoryview (a tensor's memory, no copy) hashes its bytes
+    assert keyed_generator(b"s" * 32, values.numpy().data).initial_seed() == expected
+    with pytest.raises(ValueError, match="32 bytes"):
+        keyed_generator(b"s" * 16, raw)
+
+
+def test_new_secret_is_32_bytes_reproducible_only_from_a_generator():
+    assert len(new_secret()) == 32 and new_secret() != new_secret()
+    assert len(new_secret(make_generator(1, "secret"))) == 32
     assert new_secret(make_generator(1, "secret")) == new_secret(make_generator(1, "secret"))
     assert new_secret(make_generator(1, "secret")) != new_secret(make_generator(2, "secret"))
 
@@ -61,7 +75,7 @@ def test_seeded_global_rng_is_reproducible_and_restores_the_state():
 
 def test_no_helper_touches_the_global_rng():
     before = torch.get_rng_state()
-    generators = [make_generator(), make_generator(1, "x"), keyed_generator(b"s" * 16, b"d"),
+    generators = [make_generator(), make_generator(1, "x"), keyed_generator(b"s" * 32, b"d"),
                   make_generator(None, "y", device="cpu")]
     for g in generators:
         _draw(g)

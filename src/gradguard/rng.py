@@ -5,8 +5,8 @@
   same in every process and on every platform, unlike ``hash``.
 - :func:`make_generator` is a ``torch.Generator`` seeded that way, or from OS entropy when the
   seed is None (defenses' noise by default: docs/design.md section 1, randomness is explicit).
-- :func:`keyed_generator` is seeded from a keyed hash (HMAC-SHA256) of some bytes (graddefense's memoised noise:
-  the same gradient always gets the same noise, and only the client knows the key).
+- :func:`keyed_generator` is seeded from a keyed hash (keyed BLAKE3) of some bytes (graddefense's memoised
+  noise: the same gradient always gets the same noise, and only the client knows the key).
 - :func:`new_secret` draws such a key.
 - :func:`seeded_global_rng` is for the code that can only draw from torch's global RNG
   (``nn.Module`` initialisation): it seeds it for the block and restores it afterwards.
@@ -18,18 +18,18 @@ whose state is restored on exit).
 from __future__ import annotations
 
 import hashlib
-import hmac
 import os
 from collections.abc import Iterator
 from contextlib import contextmanager
 
+import blake3
 import torch
 
-__all__ = ["derive_seed", "keyed_generator", "make_generator", "new_secret", "seeded_global_rng"]
+__all__ = ["SECRET_BYTES", "derive_seed", "keyed_generator", "make_generator", "new_secret", "seeded_global_rng"]
 
 SEED_BITS = 63
 _MASK = (1 << SEED_BITS) - 1
-SECRET_BYTES = 16
+SECRET_BYTES = 32  # BLAKE3's key size
 
 
 def _canonical(part: object) -> object:
@@ -67,22 +67,27 @@ def make_generator(seed: int | None = None, *purpose: object,
 
 def keyed_generator(secret: bytes, data: bytes | memoryview, device: str | torch.device | None = None
                     ) -> torch.Generator:
-    """A generator seeded from the keyed hash (HMAC-SHA256) of ``data`` under ``secret``: the
-    same data always gives the same stream, and without the secret the stream cannot be
-    predicted. ``data`` may be a memoryview (e.g. of a tensor's NumPy array), hashed in place
-    without a copy."""
-    digest = hmac.digest(secret, data, "sha256")[:8]
+    """A generator seeded from the keyed hash of ``data`` under ``secret`` (BLAKE3 in keyed mode, a
+    pseudorandom function like HMAC-SHA256 but 2-3x faster on a gradient's 50 KB, where it is a
+    per-step cost of memoised noise; docs/defenses.md): the same data always gives the same
+    stream, and without the secret the stream cannot be predicted. ``secret`` is
+    :data:`SECRET_BYTES` long (:func:`new_secret`); ``data`` may be a memoryview of any item
+    type (e.g. of a tensor's NumPy array), hashed in place without a copy."""
+    if len(secret) != SECRET_BYTES:
+        raise ValueError(f"keyed_generator: the secret must be {SECRET_BYTES} bytes, got {len(secret)}")
+    view = data.cast("B") if isinstance(data, memoryview) and data.format != "B" else data
+    digest = blake3.blake3(view, key=secret).digest(8)
     generator = torch.Generator(device=device) if device is not None else torch.Generator()
     generator.manual_seed(int.from_bytes(digest, "little") & _MASK)
     return generator
 
 
 def new_secret(generator: torch.Generator | None = None) -> bytes:
-    """A 16-byte secret: drawn from ``generator`` when given (reproducible experiments), else from
-    OS entropy."""
+    """A :data:`SECRET_BYTES`-byte secret: drawn from ``generator`` when given (reproducible
+    experiments), else from OS entropy."""
     if generator is None:
         return os.urandom(SECRET_BYTES)
-    words = torch.randint(0, 2**62, (2,), generator=generator, device=generator.device).cpu()
+    words = torch.randint(0, 2**62, (SECRET_BYTES // 8,), generator=generator, device=generator.device).cpu()
     return b"".join(int(w).to_bytes(8, "little") for w in words)
 
 
