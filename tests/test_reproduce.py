@@ -143,6 +143,68 @@ def test_interrupted_run_resumes_computing_each_cell_once(tmp_path, monkeypatch)
     assert "partial" not in ResultStore(tmp_path / "a").meta("plan"), "a finished run's plan is whole"
 
 
+def test_a_failing_cell_is_recorded_and_the_run_goes_on_then_a_rerun_computes_only_it(tmp_path, monkeypatch, capsys):
+    from gradguard.experiments.runner import FAILURES_LOG, CellsFailed
+
+    real, computed = cells.compute, []
+    plan = build_plan(SMALL)
+    victim = next(t for t in plan.tasks if t.role == "attack" and t.strength_from is None)
+    victim_key = victim.resolve(plan.fixed).key()
+
+    def failing(cell, root):
+        if cell.key() == victim_key:
+            raise RuntimeError("simulated bug\nwith a second line")
+        computed.append(cell.key())
+        return real(cell, root)
+
+    monkeypatch.setattr(cells, "compute", failing)
+    with pytest.raises(CellsFailed) as raised, CellRunner(ResultStore(tmp_path)) as runner:
+        reproduce(runner, SMALL)
+    message = str(raised.value)
+    assert "1 cell(s) failed, so 1 of the plan's" in message and victim.resolve(plan.fixed).describe() in message
+    assert "RuntimeError: simulated bug with a second line" in message and "\n" not in message
+    assert "simulated bug" in (tmp_path / FAILURES_LOG).read_text()
+    store = ResultStore(tmp_path)
+    assert victim_key not in store and all(key in store for key in computed)
+    assert len(computed) == len({t.resolve(store_strengths(store, plan)).key() for t in plan.tasks}) - 1 + \
+        _probe_cells(store, plan), "every other cell was computed"
+    # the rerun computes the failed cell and nothing else
+    computed.clear()
+    monkeypatch.setattr(cells, "compute", lambda cell, root: computed.append(cell.key()) or real(cell, root))
+    with CellRunner(ResultStore(tmp_path)) as runner:
+        reproduce(runner, SMALL)
+        assert runner.stored_count(plan) == plan.size
+    assert computed == [victim_key]
+    # the command line: one line on stderr, exit code 1 (the run failed, not the input)
+    monkeypatch.setattr(cells, "compute", failing)
+    code = run(["reproduce", "--profile", str(_profile_file(tmp_path)), "--out", str(tmp_path / "cli")])
+    lines = capsys.readouterr().err.strip().splitlines()  # the progress display, then the error
+    assert code == 1 and lines[-1].startswith("gradguard: error: 1 cell(s) failed")
+    assert not any("Traceback" in line for line in lines)
+    assert (tmp_path / "cli" / "report" / "tables.md").is_file(), "the partial report is written"
+
+
+def store_strengths(store: ResultStore, plan) -> dict:
+    strengths = dict(plan.fixed)
+    for search in plan.searches:
+        found = store.get(search.cell.key())
+        if found is not None:
+            strengths[search.id] = found.result
+    return strengths
+
+
+def _probe_cells(store: ResultStore, plan) -> int:
+    """Cells computed for the searches' probes that are no task's cell."""
+    tasks = {t.resolve(store_strengths(store, plan)).key() for t in plan.tasks}
+    return sum(1 for c in store.cells("attack") if c.key not in tasks)
+
+
+def _profile_file(folder: Path) -> Path:
+    path = folder / "small.json"
+    path.write_text(json.dumps(SMALL.model_dump(mode="json")))
+    return path
+
+
 def test_worker_processes_give_the_tables_of_an_inline_run(tmp_path):
     with CellRunner(ResultStore(tmp_path / "inline")) as runner:
         reproduce(runner, SMALL)

@@ -78,6 +78,10 @@ def run(argv: list[str] | None = None) -> int:
         message = describe_validation_error(exc)
     except GradguardError as exc:
         message = str(exc)
+        code = getattr(exc, "exit_code", 2)
+        if code != 2:  # not the user's input: the run failed (e.g. some cells raised)
+            print(f"{PROG}: error: {' '.join(message.splitlines())}", file=sys.stderr)
+            return code
     except OSError as exc:  # a path the user named cannot be read or written: their input, not a bug
         message = f"{exc.filename}: {exc.strerror}" if exc.filename and exc.strerror else str(exc)
     except KeyboardInterrupt:

@@ -114,6 +114,7 @@ def _reproduce(args, profile) -> Path | None:
     from ..experiments.plan import build_plan
     from ..experiments.report import build_report
     from ..experiments.reproduce import check_datasets, reproduce
+    from ..experiments.runner import CellsFailed
 
     plan = build_plan(profile)
     if getattr(args, "dry_run", False):
@@ -125,17 +126,21 @@ def _reproduce(args, profile) -> Path | None:
     with _claim(args.out, args.command):
         store = _open_store(args.out, args)
         start = time.perf_counter()
-        with _progress() as progress, _runner(args, store, progress, plan) as runner:
-            done = runner.stored_units(plan)
-            stored = len(done)
-            console.print(f"[bold]{profile.name}[/]: {', '.join(profile.datasets)} -> {args.out} "
-                          f"({plan.size} units: {plan_counts(plan)}; {stored} already done, from the "
-                          f"{store.count()} cells stored; about "
-                          f"{plan.estimate_remaining_s(done) / 60 / args.jobs:.0f} min "
-                          f"left with --jobs {args.jobs} on 2 CPU cores, a fresh run "
-                          f"{plan.estimate_total_s() / 60 / args.jobs:.0f} min)")
-            reproduce(runner, profile)
-            _finish(progress)
+        try:
+            with _progress() as progress, _runner(args, store, progress, plan) as runner:
+                done = runner.stored_units(plan)
+                stored = len(done)
+                console.print(f"[bold]{profile.name}[/]: {', '.join(profile.datasets)} -> {args.out} "
+                              f"({plan.size} units: {plan_counts(plan)}; {stored} already done, from the "
+                              f"{store.count()} cells stored; about "
+                              f"{plan.estimate_remaining_s(done) / 60 / args.jobs:.0f} min "
+                              f"left with --jobs {args.jobs} on 2 CPU cores, a fresh run "
+                              f"{plan.estimate_total_s() / 60 / args.jobs:.0f} min)")
+                reproduce(runner, profile)
+                _finish(progress)
+        except CellsFailed:
+            build_report(args.out)  # the partial report of what finished, as after an interruption
+            raise
         page = build_report(args.out)
     console.print(f"done in {time.perf_counter() - start:.0f} s ({len(runner.computed)} cells computed on "
                   f"{runner.computes_on}); "

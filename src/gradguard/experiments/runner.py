@@ -15,16 +15,18 @@ import itertools
 import os
 import threading
 import time
+import traceback
 from collections import Counter
 from collections.abc import Callable, Generator
 from concurrent.futures import FIRST_COMPLETED, Executor, Future, ProcessPoolExecutor, wait
+from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field
 from multiprocessing import get_context
 from pathlib import Path
 from typing import Any, Self
 
 from ..device import device_kind, resolve_device
-from ..errors import ConfigError
+from ..errors import ConfigError, GradguardError
 from .cells import AttackCell, Cell
 from .executors import RayExecutor, check_executor
 from .plan import Plan, Task
@@ -67,6 +69,25 @@ def _exit_with_parent(parent: int, poll_s: float = 1.0) -> None:
 
 # Scheduling priority (lower first): probes gate whole columns, training cells are the longest.
 _PROBE, _TRAIN, _ATTACK = 0, 1, 2
+
+#: the file, beside the store, that keeps the full traceback of every cell that failed
+FAILURES_LOG = "failed-cells.log"
+
+
+class CellsFailed(GradguardError):
+    """Some cells raised: the run computed and stored every other cell it could, and a rerun
+    of the same command computes only what is missing. ``failures`` maps each failed cell's
+    description to its error; the tracebacks are in :data:`FAILURES_LOG` beside the store."""
+
+    exit_code = 1  # the run itself failed, not the user's input (exit 2)
+
+    def __init__(self, failures: dict[str, str], log: Path, unfinished: int, size: int):
+        self.failures, self.log = failures, log
+        shown = "; ".join(f"{what}: {error}" for what, error in list(failures.items())[:3])
+        more = f" (and {len(failures) - 3} more)" if len(failures) > 3 else ""
+        super().__init__(f"{len(failures)} cell(s) failed, so {unfinished} of the plan's {size} units are "
+                         f"unfinished; every other cell is stored and a rerun computes only what is missing: "
+                         f"{shown}{more}; tracebacks in {log}")
 
 
 @dataclass
@@ -202,6 +223,7 @@ class _Run:
         self.waiting: dict[str, list[Callable[[dict[str, Any]], None]]] = {}
         self.running: dict[Future, str] = {}
         self.resolved: list[dict[str, Any]] = []
+        self.failed: dict[str, str] = {}  # description of each failed cell -> its error
         self.dependents: dict[str, list[Task]] = {}
         self.counted = runner.stored_units(plan)  # reported as cached: counted before the run
         self.position = {t.id: i for i, t in enumerate(plan.tasks)}  # task id -> its place in the plan
@@ -314,14 +336,31 @@ class _Run:
                 runner.on_start(cell)
                 if runner._pool is None:
                     runner.on_queue(1, len(self.queue))
-                    self._finish(key, *_compute(cell, root, 0, runner._device))
+                    try:
+                        computed = _compute(cell, root, 0, runner._device)
+                    except Exception as exc:  # noqa: BLE001  (recorded; the run goes on)
+                        self._fail(key, exc)
+                    else:
+                        self._finish(key, *computed)
                 else:
                     self.running[runner._pool.submit(_compute, cell, root, threads, runner._device)] = key
             runner.on_queue(len(self.running), len(self.queue))
             if self.running:
                 finished, _ = wait(list(self.running), return_when=FIRST_COMPLETED)
                 for future in finished:
-                    self._finish(self.running.pop(future), *future.result())
+                    key = self.running.pop(future)
+                    try:
+                        computed = future.result()
+                    except BrokenProcessPool:  # a worker died (killed, out of memory): nothing more can run
+                        raise
+                    except Exception as exc:  # noqa: BLE001  (recorded; the run goes on)
+                        self._fail(key, exc)
+                    else:
+                        self._finish(key, *computed)
+        if self.failed:
+            done = len(self.resolved) + sum(s.id in self.strengths for s in self.plan.searches)
+            raise CellsFailed(self.failed, self.runner.store.path.parent / FAILURES_LOG,
+                              self.plan.size - done, self.plan.size)
         missing = [s.id for s in self.plan.searches if s.id not in self.strengths]
         assert not missing and len(self.resolved) == len(self.plan.tasks), (missing, len(self.resolved))
         self.resolved.sort(key=lambda e: self.position[e["id"]])
@@ -338,6 +377,18 @@ class _Run:
         self.on_progress({"tasks": sorted(whole, key=lambda e: self.position[e["id"]]),
                           "strengths": dict(self.strengths),
                           "partial": {"done": len(self.resolved), "of": len(self.plan.tasks), "shown": len(whole)}})
+
+    def _fail(self, key: str, exc: Exception) -> None:
+        """Record that a cell raised: nobody waiting for it runs, everything else goes on, and its
+        traceback (a worker's included) is appended to :data:`FAILURES_LOG` beside the store."""
+        cell = self.cells.pop(key)
+        self.waiting.pop(key)
+        error = " ".join(f"{type(exc).__name__}: {exc}".split())
+        self.failed[cell.describe()] = error
+        log = self.runner.store.path.parent / FAILURES_LOG
+        with log.open("a", encoding="utf-8") as handle:
+            handle.write(f"{time.strftime('%Y-%m-%d %H:%M:%S')} {cell.describe()} (cell {key})\n")
+            handle.write("".join(traceback.format_exception(exc)) + "\n")
 
     def _finish(self, key: str, result: dict[str, Any], seconds: float, device: str | None = None) -> None:
         self.runner._store(self.cells.pop(key), result, seconds, device)
