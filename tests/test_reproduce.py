@@ -143,16 +143,30 @@ def test_interrupted_run_resumes_computing_each_cell_once(tmp_path, monkeypatch)
     assert "partial" not in ResultStore(tmp_path / "a").meta("plan"), "a finished run's plan is whole"
 
 
-def test_a_failing_cell_is_recorded_and_the_run_goes_on_then_a_rerun_computes_only_it(tmp_path, monkeypatch, capsys):
+def _first_task_cell(plan):
+    task = next(t for t in plan.tasks if t.role == "attack" and t.strength_from is None)
+    return task.resolve(plan.fixed)
+
+
+def _first_probe(plan):
+    search = next(s for s in plan.searches if s.id.endswith("/graddefense"))
+    return search.cell.at(search.cell.strength.low)[0]
+
+
+@pytest.mark.parametrize(("pick", "unfinished"), [
+    (_first_task_cell, 1),  # a plain task: itself
+    (_first_probe, 3),  # a search's first probe: the search and the two cells at the strength it finds
+])
+def test_a_failing_cell_is_recorded_and_the_run_goes_on_then_a_rerun_computes_only_what_is_missing(
+        tmp_path, monkeypatch, capsys, pick, unfinished):
     from gradguard.experiments.runner import FAILURES_LOG, CellsFailed
 
     real, computed = cells.compute, []
     plan = build_plan(SMALL)
-    victim = next(t for t in plan.tasks if t.role == "attack" and t.strength_from is None)
-    victim_key = victim.resolve(plan.fixed).key()
+    victim = pick(plan)
 
     def failing(cell, root):
-        if cell.key() == victim_key:
+        if cell.key() == victim.key():
             raise RuntimeError("simulated bug\nwith a second line")
         computed.append(cell.key())
         return real(cell, root)
@@ -160,21 +174,26 @@ def test_a_failing_cell_is_recorded_and_the_run_goes_on_then_a_rerun_computes_on
     monkeypatch.setattr(cells, "compute", failing)
     with pytest.raises(CellsFailed) as raised, CellRunner(ResultStore(tmp_path)) as runner:
         reproduce(runner, SMALL)
+        assert runner.stored_count(plan) == plan.size - unfinished
     message = str(raised.value)
-    assert "1 cell(s) failed, so 1 of the plan's" in message and victim.resolve(plan.fixed).describe() in message
-    assert "RuntimeError: simulated bug with a second line" in message and "\n" not in message
-    assert "simulated bug" in (tmp_path / FAILURES_LOG).read_text()
+    assert f"1 cell(s) failed, so {unfinished} of the plan's {plan.size} units" in message
+    assert victim.describe() in message and "RuntimeError: simulated bug with a second line" in message
+    assert "\n" not in message and list(raised.value.failures) == [victim.key()]
+    log = (tmp_path / FAILURES_LOG).read_text()
+    assert log.count(f"(cell {victim.key()})") == 1 and "RuntimeError: simulated bug" in log, "it ran once"
     store = ResultStore(tmp_path)
-    assert victim_key not in store and all(key in store for key in computed)
-    assert len(computed) == len({t.resolve(store_strengths(store, plan)).key() for t in plan.tasks}) - 1 + \
-        _probe_cells(store, plan), "every other cell was computed"
-    # the rerun computes the failed cell and nothing else
-    computed.clear()
+    assert victim.key() not in store and all(key in store for key in computed)
+    with CellRunner(store) as runner:
+        assert runner.stored_count(plan) == plan.size - unfinished, "every other unit is finished"
+    # the rerun computes the failed cell first time right and nothing that is stored
+    before, computed = set(computed), []
     monkeypatch.setattr(cells, "compute", lambda cell, root: computed.append(cell.key()) or real(cell, root))
     with CellRunner(ResultStore(tmp_path)) as runner:
         reproduce(runner, SMALL)
         assert runner.stored_count(plan) == plan.size
-    assert computed == [victim_key]
+    assert victim.key() in computed and not before & set(computed)
+    if unfinished == 1:
+        assert computed == [victim.key()]
     # the command line: one line on stderr, exit code 1 (the run failed, not the input)
     monkeypatch.setattr(cells, "compute", failing)
     code = run(["reproduce", "--profile", str(_profile_file(tmp_path)), "--out", str(tmp_path / "cli")])
@@ -182,21 +201,6 @@ def test_a_failing_cell_is_recorded_and_the_run_goes_on_then_a_rerun_computes_on
     assert code == 1 and lines[-1].startswith("gradguard: error: 1 cell(s) failed")
     assert not any("Traceback" in line for line in lines)
     assert (tmp_path / "cli" / "report" / "tables.md").is_file(), "the partial report is written"
-
-
-def store_strengths(store: ResultStore, plan) -> dict:
-    strengths = dict(plan.fixed)
-    for search in plan.searches:
-        found = store.get(search.cell.key())
-        if found is not None:
-            strengths[search.id] = found.result
-    return strengths
-
-
-def _probe_cells(store: ResultStore, plan) -> int:
-    """Cells computed for the searches' probes that are no task's cell."""
-    tasks = {t.resolve(store_strengths(store, plan)).key() for t in plan.tasks}
-    return sum(1 for c in store.cells("attack") if c.key not in tasks)
 
 
 def _profile_file(folder: Path) -> Path:

@@ -90,3 +90,19 @@ def test_no_helper_touches_the_global_rng():
 def test_purpose_parts_must_have_a_stable_text():
     with pytest.raises(TypeError, match="purpose"):
         derive_seed(0, object())
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("contiguous", [True, False])
+def test_noise_written_in_place_equals_a_fresh_draw(dtype, contiguous):
+    from gradguard.defenses.rng import laplace, laplace_into, normal, normal_into
+
+    for fresh, into in ((normal, normal_into), (laplace, laplace_into)):
+        like = torch.empty(0, dtype=dtype)
+        expected = fresh(1001, torch.Generator().manual_seed(3), like, 0.5)
+        matrix = torch.full((2, 1001), 7.0, dtype=dtype)
+        out = matrix[1] if contiguous else matrix.T.contiguous().T[1]  # a row, or a strided view of one
+        assert out.is_contiguous() == contiguous
+        returned = into(out, torch.Generator().manual_seed(3), 0.5)
+        assert returned is out and out.dtype == dtype
+        assert torch.equal(out, expected), (fresh.__name__, dtype, contiguous)

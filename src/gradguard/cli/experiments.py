@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import time
 from pathlib import Path
@@ -139,7 +140,8 @@ def _reproduce(args, profile) -> Path | None:
                 reproduce(runner, profile)
                 _finish(progress)
         except CellsFailed:
-            build_report(args.out)  # the partial report of what finished, as after an interruption
+            with contextlib.suppress(Exception):  # the failure, not a report problem, is what to tell
+                build_report(args.out)  # the partial report of what finished, as after an interruption
             raise
         page = build_report(args.out)
     console.print(f"done in {time.perf_counter() - start:.0f} s ({len(runner.computed)} cells computed on "

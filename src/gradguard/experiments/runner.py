@@ -76,14 +76,14 @@ FAILURES_LOG = "failed-cells.log"
 
 class CellsFailed(GradguardError):
     """Some cells raised: the run computed and stored every other cell it could, and a rerun
-    of the same command computes only what is missing. ``failures`` maps each failed cell's
-    description to its error; the tracebacks are in :data:`FAILURES_LOG` beside the store."""
+    of the same command computes only what is missing. ``failures`` maps each failed cell's key
+    to its description and error; the tracebacks are in :data:`FAILURES_LOG` beside the store."""
 
     exit_code = 1  # the run itself failed, not the user's input (exit 2)
 
-    def __init__(self, failures: dict[str, str], log: Path, unfinished: int, size: int):
+    def __init__(self, failures: dict[str, tuple[str, str]], log: Path, unfinished: int, size: int):
         self.failures, self.log = failures, log
-        shown = "; ".join(f"{what}: {error}" for what, error in list(failures.items())[:3])
+        shown = "; ".join(f"{what}: {error}" for what, error in list(failures.values())[:3])
         more = f" (and {len(failures) - 3} more)" if len(failures) > 3 else ""
         super().__init__(f"{len(failures)} cell(s) failed, so {unfinished} of the plan's {size} units are "
                          f"unfinished; every other cell is stored and a rerun computes only what is missing: "
@@ -223,7 +223,7 @@ class _Run:
         self.waiting: dict[str, list[Callable[[dict[str, Any]], None]]] = {}
         self.running: dict[Future, str] = {}
         self.resolved: list[dict[str, Any]] = []
-        self.failed: dict[str, str] = {}  # description of each failed cell -> its error
+        self.failed: dict[str, tuple[str, str]] = {}  # key of each failed cell -> (description, error)
         self.dependents: dict[str, list[Task]] = {}
         self.counted = runner.stored_units(plan)  # reported as cached: counted before the run
         self.position = {t.id: i for i, t in enumerate(plan.tasks)}  # task id -> its place in the plan
@@ -235,6 +235,8 @@ class _Run:
     def request(self, cell: Cell, priority: int, then: Callable[[dict[str, Any]], None]) -> None:
         """Call ``then(result)`` once ``cell`` is finished (at once when it is stored)."""
         key = cell.key()
+        if key in self.failed:  # it raised in this run: whoever asks again waits for good, as the first did
+            return
         if key in self.waiting:  # already queued or running: wait for the same computation
             self.waiting[key].append(then)
             return
@@ -384,7 +386,7 @@ class _Run:
         cell = self.cells.pop(key)
         self.waiting.pop(key)
         error = " ".join(f"{type(exc).__name__}: {exc}".split())
-        self.failed[cell.describe()] = error
+        self.failed[key] = (cell.describe(), error)
         log = self.runner.store.path.parent / FAILURES_LOG
         with log.open("a", encoding="utf-8") as handle:
             handle.write(f"{time.strftime('%Y-%m-%d %H:%M:%S')} {cell.describe()} (cell {key})\n")
