@@ -219,6 +219,26 @@ def test_worker_processes_give_the_tables_of_an_inline_run(tmp_path):
     assert _tables_without_time(tmp_path / "inline") == _tables_without_time(tmp_path / "workers")
 
 
+def test_a_cell_failing_in_a_worker_process_is_recorded_and_the_others_are_stored(tmp_path, monkeypatch):
+    """A defense registered in this process only is unknown to the spawned workers: its cells
+    raise there (a real failure in a worker, no patching), every other cell is stored."""
+    from gradguard.experiments.runner import CellsFailed
+
+    monkeypatch.setitem(DEFENSES, _Scaled.name, _Scaled)
+    profile = SMALL.model_copy(update={"defenses": ["none", _Scaled.name], "strengths": {_Scaled.name: 0.5}})
+    plan = build_plan(profile)
+    with pytest.raises(CellsFailed) as raised, CellRunner(ResultStore(tmp_path), jobs=2) as runner:
+        reproduce(runner, profile)
+    failures = raised.value.failures
+    assert len(failures) == 2, "its attack cell and its training cell failed in the workers"
+    for what, error in failures.values():
+        assert _Scaled.name in what and f"'{_Scaled.name}'; choose one of" in error
+    stored = ResultStore(tmp_path)
+    for task in plan.tasks:
+        cell = task.resolve(plan.fixed)
+        assert (cell.key() in stored) == (task.labels["defense"] != _Scaled.name), task.labels
+
+
 def test_a_changed_config_makes_new_cells(tmp_path):
     with CellRunner(ResultStore(tmp_path)) as runner:
         reproduce(runner, SMALL)
